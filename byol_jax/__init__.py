@@ -1,0 +1,1 @@
+"""byol_jax: BYOL (Grill et al., 2020) self-supervised pretraining in JAX/Flax."""
