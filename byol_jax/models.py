@@ -1,0 +1,297 @@
+"""Flax linen networks for BYOL: the ResNet encoder family, MLP heads, online/target networks.
+
+The encoder is ResNet v1.5 (stride on the 3x3 conv of bottleneck blocks) with an integer width
+multiplier that also widens the stem, an ImageNet stem (7x7/2 conv + 3x3/2 max-pool) or a CIFAR
+stem (3x3/1 conv, no pool), BatchNorm with momentum 0.9 / eps 1e-5 and an optional cross-device
+axis name so that statistics cover the whole global batch under `pmap`.
+
+Convolutions and max-pooling have two interchangeable implementations with identical parameters:
+``"native"`` (XLA's convolution, right on GPU/TPU) and ``"matmul"`` (explicit padding, strided
+slices and one matrix product per convolution), which XLA's CPU backend runs several times faster
+than its native convolution, mostly in the backward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CONV_IMPLS = ("native", "matmul")
+STEMS = ("imagenet", "cifar")
+
+# He-normal with fan-out, the standard ResNet convolution initializer.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _same_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    # Symmetric k//2 padding as in torchvision and the released code (not XLA's asymmetric SAME).
+    p = (kernel_size - 1) // 2
+    return ((p, p), (p, p))
+
+
+def _strided_window_slices(x: jax.Array, size: int, stride: int) -> list[jax.Array]:
+    """All size x size shifted, strided views of an already padded NHWC tensor."""
+    out_h = (x.shape[1] - size) // stride + 1
+    out_w = (x.shape[2] - size) // stride + 1
+    return [
+        jax.lax.slice(
+            x,
+            (0, i, j, 0),
+            (x.shape[0], i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, x.shape[3]),
+            (1, stride, stride, 1),
+        )
+        for i in range(size)
+        for j in range(size)
+    ]
+
+
+class Conv(nn.Module):
+    """Bias-free square convolution with k//2 padding and a selectable implementation."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    impl: str = "native"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", _conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        pad = _same_padding(k)
+        if self.impl == "native":
+            return jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=(self.stride, self.stride),
+                padding=pad,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+        if self.impl != "matmul":
+            raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {self.impl!r}")
+        x = jnp.pad(x, ((0, 0), *pad, (0, 0)))
+        # im2col: patches ordered (i, j, c) to match the HWIO kernel reshaped to [k*k*C, F].
+        patches = jnp.concatenate(_strided_window_slices(x, k, self.stride), axis=-1)
+        return patches @ kernel.reshape(-1, self.features)
+
+
+def max_pool_3x3_s2(x: jax.Array, impl: str) -> jax.Array:
+    """3x3 max-pool, stride 2, padding 1 (the ImageNet stem's pool)."""
+    if impl == "native":
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    return functools.reduce(jnp.maximum, _strided_window_slices(x, 3, 2))
+
+
+def batch_norm(
+    *, train: bool, axis_name: str | None, dtype: Any, name: str, zero_init: bool = False
+) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        # Cross-device statistics only make sense while training inside pmap.
+        axis_name=axis_name if train else None,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+        name=name,
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34)."""
+
+    features: int
+    stride: int
+    norm: Callable[..., nn.Module]
+    conv: Callable[..., nn.Module]
+    zero_init_last_bn: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual = x
+        y = self.conv(self.features, 3, self.stride, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, 3, 1, name="conv2")(y)
+        y = self.norm(name="bn2", zero_init=self.zero_init_last_bn)(y)
+        if self.stride != 1 or x.shape[-1] != self.features:
+            residual = self.conv(self.features, 1, self.stride, name="shortcut_conv")(x)
+            residual = self.norm(name="shortcut_bn")(residual)
+        return nn.relu(y + residual)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 → 3x3 (strided, v1.5) → 1x1 with 4x expansion (ResNet-50 and deeper)."""
+
+    features: int
+    stride: int
+    norm: Callable[..., nn.Module]
+    conv: Callable[..., nn.Module]
+    zero_init_last_bn: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        residual = x
+        y = nn.relu(self.norm(name="bn1")(self.conv(self.features, 1, 1, name="conv1")(x)))
+        y = self.conv(self.features, 3, self.stride, name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(self.features * 4, 1, 1, name="conv3")(y)
+        y = self.norm(name="bn3", zero_init=self.zero_init_last_bn)(y)
+        if self.stride != 1 or x.shape[-1] != self.features * 4:
+            residual = self.conv(self.features * 4, 1, self.stride, name="shortcut_conv")(x)
+            residual = self.norm(name="shortcut_bn")(residual)
+        return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+    """ResNet v1.5 trunk returning global-average-pooled features [N, C] in float32."""
+
+    stage_sizes: Sequence[int]
+    block: str  # "basic" or "bottleneck"
+    width: int = 1
+    base_width: int = 64
+    stem: str = "imagenet"
+    zero_init_last_bn: bool = False
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+    conv_impl: str = "native"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
+        conv = functools.partial(Conv, impl=self.conv_impl, dtype=self.dtype)
+        norm = functools.partial(
+            batch_norm, train=train, axis_name=self.axis_name, dtype=self.dtype
+        )
+        block_cls = {"basic": BasicBlock, "bottleneck": BottleneckBlock}[self.block]
+        channels = self.base_width * self.width
+
+        if self.stem == "imagenet":
+            x = conv(channels, 7, 2, name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_bn")(x))
+            x = max_pool_3x3_s2(x, self.conv_impl)
+        else:
+            x = conv(channels, 3, 1, name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_bn")(x))
+
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for index in range(num_blocks):
+                x = block_cls(
+                    features=channels * 2**stage,
+                    stride=2 if stage > 0 and index == 0 else 1,
+                    norm=norm,
+                    conv=conv,
+                    zero_init_last_bn=self.zero_init_last_bn,
+                    name=f"stage{stage + 1}_block{index + 1}",
+                )(x)
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic")
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="basic")
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck")
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block="bottleneck")
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block="bottleneck")
+ResNet200 = functools.partial(ResNet, stage_sizes=(3, 24, 36, 3), block="bottleneck")
+# Test-only: one basic block per stage, 8 base channels.
+ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block="basic", base_width=8)
+
+ENCODERS: dict[str, Callable[..., ResNet]] = {
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
+    "resnet50": ResNet50,
+    "resnet101": ResNet101,
+    "resnet152": ResNet152,
+    "resnet200": ResNet200,
+    "resnet_tiny": ResNetTiny,
+}
+
+
+class MLPHead(nn.Module):
+    """BYOL projector/predictor: Linear(hidden) → BN → ReLU → Linear(out, no bias)."""
+
+    hidden_dim: int = 4096
+    output_dim: int = 256
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="hidden")(x)
+        x = batch_norm(train=train, axis_name=self.axis_name, dtype=self.dtype, name="bn")(x)
+        x = nn.relu(x)
+        x = nn.Dense(self.output_dim, use_bias=False, dtype=self.dtype, name="output")(x)
+        return x.astype(jnp.float32)
+
+
+class BYOLNetwork(nn.Module):
+    """Encoder → projector (→ predictor). Online: with_predictor=True; target: False.
+
+    Returns a dict with ``embedding`` (pooled encoder output), ``projection`` and, for the online
+    network, ``prediction``; all float32.
+    """
+
+    encoder: nn.Module
+    projector_hidden_dim: int = 4096
+    projector_dim: int = 256
+    predictor_hidden_dim: int = 4096
+    with_predictor: bool = True
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> dict[str, jax.Array]:
+        embedding = self.encoder(x, train=train)
+        head = functools.partial(MLPHead, axis_name=self.axis_name, dtype=self.dtype)
+        projection = head(self.projector_hidden_dim, self.projector_dim, name="projector")(
+            embedding, train=train
+        )
+        out = {"embedding": embedding, "projection": projection}
+        if self.with_predictor:
+            out["prediction"] = head(
+                self.predictor_hidden_dim, self.projector_dim, name="predictor"
+            )(projection, train=train)
+        return out
+
+
+def build_encoder(
+    name: str,
+    *,
+    width: int = 1,
+    base_width: int | None = None,
+    stem: str = "imagenet",
+    zero_init_last_bn: bool = False,
+    axis_name: str | None = None,
+    dtype: Any = jnp.float32,
+    conv_impl: str = "native",
+) -> ResNet:
+    """Encoder by name (see ``ENCODERS``); ``base_width=None`` keeps the variant's default."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+    extra = {} if base_width is None else {"base_width": base_width}
+    return ENCODERS[name](
+        width=width,
+        stem=stem,
+        zero_init_last_bn=zero_init_last_bn,
+        axis_name=axis_name,
+        dtype=dtype,
+        conv_impl=conv_impl,
+        **extra,
+    )
+
+
+def embedding_dim(encoder: ResNet) -> int:
+    """Width of the pooled representation of an encoder."""
+    expansion = 4 if encoder.block == "bottleneck" else 1
+    last_stage = len(encoder.stage_sizes) - 1
+    return encoder.base_width * encoder.width * 2**last_stage * expansion

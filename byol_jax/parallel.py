@@ -1,0 +1,105 @@
+"""Everything that knows about devices: the mapped axis, replication, batch sharding, pmap.
+
+Moving from ``jax.pmap`` to ``jax.shard_map`` should only touch this file: the rest of the code
+uses ``AXIS_NAME`` (for cross-replica BatchNorm), ``mean_over_devices`` and
+``global_example_index`` inside the step, and ``replicate``/``unreplicate``/``shard_batch``/
+``map_step`` outside it.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AXIS_NAME = "devices"
+
+
+def local_device_count() -> int:
+    return jax.local_device_count()
+
+
+def global_device_count() -> int:
+    return jax.device_count()
+
+
+def replicate(tree: Any) -> Any:
+    """Copy a host pytree onto every local device (leading axis = local device)."""
+    return flax.jax_utils.replicate(tree)
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first local replica of a replicated pytree, as device arrays."""
+    return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
+
+
+def fetch(tree: Any) -> Any:
+    """First replica of a replicated pytree as NumPy (for logging and saving)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data[0]), tree)
+
+
+def shard_batch(batch: Any) -> Any:
+    """Split each host array's leading axis over local devices: [B, ...] → [D, B/D, ...]."""
+    devices = jax.local_devices()
+
+    def put(x: np.ndarray) -> jax.Array:
+        if x.shape[0] % len(devices):
+            raise ValueError(
+                f"host batch of {x.shape[0]} examples does not split over {len(devices)} devices"
+            )
+        x = x.reshape(len(devices), x.shape[0] // len(devices), *x.shape[1:])
+        return jax.device_put(x, sharding)
+
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(devices), (AXIS_NAME,)), jax.sharding.PartitionSpec(AXIS_NAME)
+    )
+    return jax.tree.map(put, batch)
+
+
+def prefetch_to_device(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
+    """Shard host batches onto devices ``size`` steps ahead, so the step never waits on a copy."""
+    queue: collections.deque = collections.deque()
+    iterator = iter(batches)
+    for batch in itertools.islice(iterator, size):
+        queue.append(shard_batch(batch))
+    while queue:
+        yield queue.popleft()
+        for batch in itertools.islice(iterator, 1):
+            queue.append(shard_batch(batch))
+
+
+def map_step(step_fn: Callable, donate_state: bool = True) -> Callable:
+    """Compile ``step_fn(state, batch)`` over local devices with the shared axis name.
+
+    The state (argument 0) is donated so its buffers are reused for the new state.
+    """
+    return jax.pmap(step_fn, axis_name=AXIS_NAME, donate_argnums=(0,) if donate_state else ())
+
+
+def map_function(fn: Callable, **kwargs: Any) -> Callable:
+    """pmap any per-device function over the shared axis (evaluation, feature extraction)."""
+    return jax.pmap(fn, axis_name=AXIS_NAME, **kwargs)
+
+
+# ---- used inside mapped functions -------------------------------------------------------------
+
+
+def mean_over_devices(tree: Any) -> Any:
+    """Mean of a pytree across all devices of all processes (gradients, metrics)."""
+    return jax.lax.pmean(tree, axis_name=AXIS_NAME)
+
+
+def sum_over_devices(tree: Any) -> Any:
+    return jax.lax.psum(tree, axis_name=AXIS_NAME)
+
+
+def global_example_index(local_batch_size: int) -> jax.Array:
+    """Index of each local example in the global batch; independent of the device layout."""
+    device = jax.lax.axis_index(AXIS_NAME)
+    return device * local_batch_size + jnp.arange(local_batch_size)

@@ -1,0 +1,129 @@
+"""Encoders and heads: standard parameter counts, shapes, conv implementations, sync BN."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from byol_jax import models
+
+
+def _param_count(module, image_size=224):
+    variables = jax.eval_shape(
+        lambda: module.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
+    )
+    return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # torchvision counts minus the 1000-way classifier (fc.weight + fc.bias).
+        ("resnet18", 11_689_512 - 513_000),
+        ("resnet34", 21_797_672 - 513_000),
+        ("resnet50", 25_557_032 - 2_049_000),
+        ("resnet101", 44_549_160 - 2_049_000),
+    ],
+)
+def test_parameter_counts_match_standard_resnets(name, expected):
+    assert _param_count(models.build_encoder(name)) == expected
+
+
+def test_width_multiplier_widens_stem_and_embedding():
+    encoder = models.build_encoder("resnet50", width=2)
+    assert models.embedding_dim(encoder) == 4096
+    variables = jax.eval_shape(lambda: encoder.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    assert variables["params"]["stem_conv"]["kernel"].shape == (7, 7, 3, 128)
+
+
+@pytest.mark.parametrize(
+    "stem,size,expected_spatial", [("imagenet", 64, 2), ("cifar", 32, 4), ("cifar", 28, 4)]
+)
+def test_output_shapes_for_both_stems(stem, size, expected_spatial):
+    encoder = models.build_encoder("resnet_tiny", stem=stem)
+    x = jnp.ones((2, size, size, 3))
+    variables = encoder.init(jax.random.key(0), x, train=False)
+    features = encoder.apply(variables, x, train=False)
+    assert features.shape == (2, models.embedding_dim(encoder)) == (2, 64)
+    # Check the spatial size before pooling through the intermediates of the last block.
+    _, state = encoder.apply(variables, x, train=False, capture_intermediates=True)
+    last = state["intermediates"]["stage4_block1"]["__call__"][0]
+    assert last.shape[1:3] == (expected_spatial, expected_spatial)
+
+
+def test_zero_init_last_bn_scale():
+    encoder = models.build_encoder("resnet_tiny", zero_init_last_bn=True)
+    params = encoder.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))["params"]
+    assert np.all(params["stage1_block1"]["bn2"]["scale"] == 0)
+    assert np.all(params["stage1_block1"]["bn1"]["scale"] == 1)
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(1, 1), (1, 2), (3, 1), (3, 2), (7, 2)])
+def test_matmul_conv_equals_native_conv_outputs_and_gradients(kernel_size, stride):
+    x = jax.random.normal(jax.random.key(1), (2, 11, 11, 5))
+    native = models.Conv(6, kernel_size, stride, impl="native")
+    matmul = models.Conv(6, kernel_size, stride, impl="matmul")
+    params = native.init(jax.random.key(2), x)
+
+    def loss(p, x, module):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(matmul.apply(params, x), native.apply(params, x), atol=1e-5)
+    g_native = jax.grad(loss, argnums=(0, 1))(params, x, native)
+    g_matmul = jax.grad(loss, argnums=(0, 1))(params, x, matmul)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_matmul, g_native)
+
+
+def test_matmul_max_pool_equals_native():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
+    np.testing.assert_array_equal(
+        models.max_pool_3x3_s2(x, "matmul"), models.max_pool_3x3_s2(x, "native")
+    )
+
+
+def test_encoder_implementations_agree_end_to_end():
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    native = models.build_encoder("resnet_tiny", conv_impl="native")
+    matmul = models.build_encoder("resnet_tiny", conv_impl="matmul")
+    variables = native.init(jax.random.key(1), x)
+    out_native, _ = native.apply(variables, x, mutable=["batch_stats"])
+    out_matmul, _ = matmul.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_allclose(out_matmul, out_native, rtol=1e-4, atol=1e-4)
+
+
+def test_byol_network_outputs_and_target_has_no_predictor():
+    encoder = functools.partial(models.build_encoder, "resnet_tiny", stem="cifar")
+    online = models.BYOLNetwork(encoder(), 32, 16, 24, with_predictor=True)
+    target = models.BYOLNetwork(encoder(), 32, 16, 24, with_predictor=False)
+    x = jnp.ones((3, 16, 16, 3))
+    online_vars = online.init(jax.random.key(0), x)
+    target_vars = target.init(jax.random.key(0), x)
+    out = online.apply(online_vars, x, train=False)
+    assert {k: v.shape for k, v in out.items()} == {
+        "embedding": (3, 64),
+        "projection": (3, 16),
+        "prediction": (3, 16),
+    }
+    assert set(online_vars["params"]) == {"encoder", "projector", "predictor"}
+    assert set(target_vars["params"]) == {"encoder", "projector"}
+    # Heads: Linear(hidden, bias) → BN → ReLU → Linear(out, no bias).
+    projector = online_vars["params"]["projector"]
+    assert projector["hidden"]["kernel"].shape == (64, 32) and "bias" in projector["hidden"]
+    assert set(projector["output"]) == {"kernel"}
+
+
+def test_batch_norm_statistics_cover_all_devices():
+    """Under pmap with the axis name, BN normalizes with global-batch statistics."""
+    n = jax.local_device_count()
+    assert n == 8, "conftest requests 8 fake CPU devices"
+    head = models.MLPHead(hidden_dim=4, output_dim=3, axis_name="d")
+    x = jax.random.normal(jax.random.key(0), (n * 2, 5)) * 3 + 1
+    params = head.init(jax.random.key(1), x[:2])
+    single = models.MLPHead(hidden_dim=4, output_dim=3, axis_name=None)
+    expected, _ = single.apply(params, x, mutable=["batch_stats"])
+    mapped = jax.pmap(lambda xs: head.apply(params, xs, mutable=["batch_stats"])[0], axis_name="d")(
+        x.reshape(n, 2, 5)
+    )
+    np.testing.assert_allclose(mapped.reshape(-1, 3), expected, rtol=1e-4, atol=1e-5)
