@@ -25,7 +25,7 @@ def test_mask_excludes_exactly_biases_and_batch_norm_params():
         (jax.tree_util.keystr(p), m) for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]
     )
 
-    # Independent criterion by path: BN modules are named bn*/shortcut_bn/stem_bn; biases end in bias.
+    # Independent criterion by path: BN modules are named *bn*; biases end in "bias".
     def excluded(path, _):
         names = [getattr(k, "key", "") for k in path]
         return names[-1] == "bias" or any("bn" in n for n in names[:-1])
