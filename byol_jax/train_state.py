@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -42,12 +43,25 @@ def create_train_state(
     optimizer: optax.GradientTransformation,
     image_shape: tuple[int, int, int],
 ) -> TrainState:
-    """Initialize all parameters on the host (unreplicated).
+    """Initialize all parameters (unreplicated, compiled once).
 
     The target starts as a copy of the online encoder and projector (the released code draws it
     from a separate RNG; both are reported to train the same). BN statistics are copied too, but
     are the target's own from then on.
     """
+    return jax.jit(
+        functools.partial(
+            _create,
+            online_net=online_net,
+            target_net=target_net,
+            probe=probe,
+            optimizer=optimizer,
+            image_shape=image_shape,
+        )
+    )(key)
+
+
+def _create(key, *, online_net, target_net, probe, optimizer, image_shape) -> TrainState:
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
     online_key, probe_key = jax.random.split(key)
     online_vars = online_net.init(online_key, dummy, train=False)

@@ -138,7 +138,7 @@ def train_step(
         }
     )
     metrics.update(
-        grad_norm=optax.global_norm(grads),
+        grad_norm=optax.tree.norm(grads),
         learning_rate=lr_schedule(state.step),
         tau=tau,
     )

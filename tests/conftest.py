@@ -8,3 +8,8 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+# Tests run tiny models for a few steps: compile time dominates, so skip XLA's slow passes.
+jax.config.update("jax_disable_most_optimizations", True)

@@ -1,0 +1,795 @@
+"""Host-side input pipeline: deterministic, resumable, per-process image batches.
+
+tf.data is used only to read, decode, resize and batch images on the host CPU; all augmentation
+happens on the accelerator in JAX. Every iterator yields plain numpy dicts:
+
+* ``train_batches``: infinite, shuffled, ``{'image': uint8 [B, S, S, 3], 'label': int32 [B]}``.
+* ``eval_batches``: one pass, unshuffled, padded; adds ``'mask'`` (bool [B]).
+
+Data sources, tried in this order:
+
+1. TensorFlow Datasets (``tfds.builder(name, data_dir=...)``) when the dataset is prepared.
+2. Offline IDX files for ``fashion_mnist`` (Debian package ``dataset-fashion-mnist``) or ``mnist``
+   (only with an explicit ``idx_dir``), read by a small parser in this module.
+3. ``builder.download_and_prepare()``; if that fails (e.g. no network) a ``DatasetError`` explains
+   how to obtain the data.
+
+Determinism and exact resume: the training stream is a pure function of
+``(seed, process_index, process_count, position)``. Example position ``p`` of a process's stream
+belongs to epoch ``p // n`` (``n`` = examples in its shard) and every epoch is shuffled with its
+own seed derived from ``(seed, process_index, epoch)``. Resuming at ``start_step`` therefore only
+has to jump to position ``start_step * batch_size``: for in-memory IDX data the permutation is
+computed directly (``RandomIndexShuffle``), for tfds data at most one epoch of undecoded records
+is skipped (images are decoded after the skip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import gzip
+import math
+import os
+import re
+import zlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # Heavy imports stay lazy so importing this module is cheap.
+    import tensorflow as tf
+
+__all__ = [
+    "DatasetError",
+    "DatasetInfo",
+    "dataset_info",
+    "eval_batches",
+    "is_known_dataset",
+    "read_idx",
+    "train_batches",
+]
+
+DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
+
+# Datasets with an offline IDX fallback. Files are looked up as ``<prefix>-<kind>.gz`` (or without
+# ``.gz``) inside ``idx_dir``.
+_IDX_DATASETS = ("fashion_mnist", "mnist")
+_IDX_SPLITS = {"train": "train", "test": "t10k"}
+_IDX_NUM_CLASSES = 10
+
+# Shown when a dataset name is unknown; the full list comes from tfds.list_builders().
+_EXAMPLE_DATASETS = (
+    "imagenet2012, imagenette, cifar10, cifar100, stl10, fashion_mnist, mnist, "
+    "food101, oxford_flowers102, caltech_birds2011"
+)
+
+# IDX type codes (third magic byte) -> big-endian numpy dtype.
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+class DatasetError(ValueError):
+    """Raised with a clear, actionable message (what's wrong, how to fix)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset split, as seen by the training loop."""
+
+    name: str
+    num_examples: int  # of the requested split (whole split, all processes)
+    num_classes: int  # 0 if no labels
+    source_shape: tuple[int, int, int]  # (S, S, 3) as yielded
+
+
+# --------------------------------------------------------------------------------------------
+# Lazy TensorFlow setup.
+# --------------------------------------------------------------------------------------------
+
+
+_accelerators_hidden = False
+
+
+def _hide_accelerators_from_tf() -> None:
+    """Keeps TensorFlow off GPUs/TPUs so it never competes with JAX for accelerator memory."""
+    global _accelerators_hidden
+    if _accelerators_hidden:
+        return
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        # RuntimeError: TF devices were already initialised (by someone else), too late to
+        # change; ValueError: this TF build does not know the device type.
+        with contextlib.suppress(RuntimeError, ValueError):
+            tf.config.set_visible_devices([], kind)
+    _accelerators_hidden = True
+
+
+def _import_tf() -> Any:
+    _hide_accelerators_from_tf()
+    import tensorflow as tf
+
+    return tf
+
+
+def _import_tfds() -> Any:
+    _hide_accelerators_from_tf()
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files (MNIST / Fashion-MNIST format).
+# --------------------------------------------------------------------------------------------
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Reads an IDX file (optionally gzip-compressed) into a numpy array in native byte order.
+
+    Format: 2 zero bytes, a type code, the number of dims, then one big-endian uint32 per dim,
+    then the data. Raises ``DatasetError`` on a bad magic number or a truncated/oversized file.
+    """
+    path = os.fspath(path)
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as e:
+        raise DatasetError(f"IDX file not found: {path}") from e
+    except (OSError, EOFError, zlib.error) as e:
+        # gzip raises BadGzipFile (an OSError) / EOFError for corrupt or truncated archives.
+        raise DatasetError(
+            f"Cannot read IDX file {path}: {e}. The file is corrupt or truncated; reinstall it "
+            "(e.g. `apt-get install --reinstall dataset-fashion-mnist`)."
+        ) from e
+    return _parse_idx(raw, path)
+
+
+def _parse_idx(raw: bytes, path: str) -> np.ndarray:
+    def corrupt(what: str) -> DatasetError:
+        return DatasetError(
+            f"Corrupt IDX file {path}: {what}. Re-download or reinstall it "
+            "(e.g. `apt-get install --reinstall dataset-fashion-mnist`)."
+        )
+
+    if len(raw) < 4:
+        raise corrupt(f"only {len(raw)} bytes, too short for the 4-byte magic number")
+    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise corrupt(f"bad magic number 0x{raw[:4].hex()} (expected 0x0000<type><ndim>)")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header_len = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header_len:
+        raise corrupt(f"header with {ndim} dims does not fit in {len(raw)} bytes")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = math.prod(dims) * dtype.itemsize
+    actual = len(raw) - header_len
+    if actual != expected:
+        state = "truncated" if actual < expected else "has trailing bytes"
+        raise corrupt(f"{state}: dims {dims} need {expected} data bytes, found {actual}")
+    data = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(dims)
+    return data.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _find_idx_file(idx_dir: str, prefix: str, kind: str) -> str | None:
+    for name in (f"{prefix}-{kind}.gz", f"{prefix}-{kind}"):
+        path = os.path.join(idx_dir, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _idx_files(dataset: str, idx_dir: str) -> dict[str, tuple[str, str]] | None:
+    """Returns {split: (images_path, labels_path)} if the IDX fallback applies, else None."""
+    if dataset not in _IDX_DATASETS or not idx_dir:
+        return None
+    if dataset == "mnist" and os.path.abspath(idx_dir) == os.path.abspath(DEFAULT_IDX_DIR):
+        # The default directory holds Fashion-MNIST, which has the same file names as MNIST.
+        return None
+    files = {}
+    for split, prefix in _IDX_SPLITS.items():
+        images = _find_idx_file(idx_dir, prefix, "images-idx3-ubyte")
+        labels = _find_idx_file(idx_dir, prefix, "labels-idx1-ubyte")
+        if images is None or labels is None:
+            return None
+        files[split] = (images, labels)
+    return files
+
+
+@functools.lru_cache(maxsize=4)
+def _load_idx_split_cached(
+    images_path: str, labels_path: str, _stamp: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DatasetError(
+            f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}."
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DatasetError(
+            f"{labels_path}: expected {images.shape[0]} labels [N], got shape {labels.shape}."
+        )
+    labels = labels.astype(np.int32)
+    if labels.size and (labels.min() < 0 or labels.max() >= _IDX_NUM_CLASSES):
+        raise DatasetError(f"{labels_path}: labels outside 0..{_IDX_NUM_CLASSES - 1}.")
+    images = images[..., None]  # [N, H, W, 1]
+    # Cached arrays are shared between callers: make accidental in-place edits fail loudly.
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _load_idx_split(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray]:
+    # The stamp invalidates the cache if the files change on disk.
+    stamp = tuple(
+        x for p in (images_path, labels_path) for x in (os.stat(p).st_mtime_ns, os.stat(p).st_size)
+    )
+    return _load_idx_split_cached(images_path, labels_path, stamp)
+
+
+_SPLIT_RE = re.compile(r"^\s*(?P<name>[\w-]+)\s*(\[(?P<slice>[^\]]*)\])?\s*$")
+_BOUND_RE = re.compile(r"^\s*(?P<val>-?\d+)\s*(?P<pct>%)?\s*$")
+
+
+def _resolve_slice(split: str, sizes: dict[str, int]) -> tuple[str, int, int]:
+    """Parses a tfds-style split ('train', 'train[:10%]', 'test[100:-5]') to (name, start, end).
+
+    Follows tfds semantics: percentages round to the closest example, negative bounds count
+    from the end, out-of-range bounds are errors.
+    """
+    m = _SPLIT_RE.match(split)
+    if not m:
+        raise DatasetError(f"Cannot parse split {split!r}; use e.g. 'train', 'train[:10%]'.")
+    name, spec = m.group("name"), m.group("slice")
+    if name not in sizes:
+        raise DatasetError(f"Unknown split {name!r}; available splits: {sorted(sizes)}.")
+    n = sizes[name]
+    if spec is None:
+        return name, 0, n
+    parts = spec.split(":")
+    if len(parts) != 2:
+        raise DatasetError(f"Split {split!r}: only [A:B] slices are supported (no step).")
+
+    def bound(text: str, default: int) -> int:
+        if not text.strip():
+            return default
+        bm = _BOUND_RE.match(text)
+        if not bm:
+            raise DatasetError(f"Split {split!r}: bad slice bound {text!r}.")
+        val = int(bm.group("val"))
+        if bm.group("pct"):
+            if abs(val) > 100:
+                raise DatasetError(f"Split {split!r}: percentage {val}% out of range.")
+            val = int(round(val * n / 100.0))
+        if abs(val) > n:
+            raise DatasetError(f"Split {split!r}: bound {val} out of range for {n} examples.")
+        return val + n if val < 0 else val
+
+    start, end = bound(parts[0], 0), bound(parts[1], n)
+    return name, start, max(start, end)
+
+
+def _even_shard_bounds(start: int, end: int, index: int, count: int) -> tuple[int, int]:
+    """Contiguous shard ``index`` of ``count`` over [start, end), sizes differing by at most 1.
+
+    Same arithmetic as ``tfds.even_splits(..., drop_remainder=False)``, so both data sources
+    shard identically.
+    """
+    n = end - start
+    per, rem = divmod(n, count)
+    lo = start + per * index + min(index, rem)
+    hi = start + per * (index + 1) + min(index + 1, rem)
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# Source resolution: which backend serves (dataset, split).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Source:
+    name: str
+    num_examples: int
+    num_classes: int
+    # 'arrays' (in-memory IDX data) or 'tfds'.
+    kind: str
+    # kind == 'arrays': the whole requested split.
+    images: np.ndarray | None = None  # uint8 [N, H, W, C]
+    labels: np.ndarray | None = None  # int32 [N]
+    # kind == 'tfds'.
+    builder: Any = None
+    split: str = ""
+    encoded_image: bool = True
+    has_label: bool = True
+
+
+def _base_name(dataset: str) -> str:
+    """'imagenet2012_subset/1pct:5.0.0' -> 'imagenet2012_subset'."""
+    return dataset.split("/")[0].split(":")[0].strip()
+
+
+def is_known_dataset(dataset: str) -> bool:
+    """Whether ``dataset`` names a tfds builder (configs/versions allowed: 'name/config:1.0.0')."""
+    tfds = _import_tfds()
+    try:
+        known = tfds.list_builders(with_community_datasets=False)
+    except TypeError:  # Older tfds without the keyword.
+        known = tfds.list_builders()
+    return bool(dataset) and _base_name(dataset) in set(known)
+
+
+def _check_known_dataset(dataset: str) -> None:
+    if not is_known_dataset(dataset):
+        raise DatasetError(
+            f"Unknown dataset {dataset!r}. Use a TensorFlow Datasets name, e.g. "
+            f"{_EXAMPLE_DATASETS} (full list: `tfds.list_builders()`)."
+        )
+
+
+def _missing_data_error(dataset: str, data_dir: str | None, idx_dir: str, cause: str) -> str:
+    base = _base_name(dataset)
+    where = data_dir or "~/tensorflow_datasets (the tfds default)"
+    lines = [f"Dataset {dataset!r} is not available offline and could not be prepared ({cause})."]
+    if base == "fashion_mnist":
+        lines.append(
+            f"* Offline: `apt-get install dataset-fashion-mnist` (installs the IDX files into "
+            f"{DEFAULT_IDX_DIR}) or point idx_dir at a directory with the 4 Fashion-MNIST "
+            f"*-ubyte.gz files (looked in {idx_dir!r})."
+        )
+    elif base == "mnist":
+        lines.append(
+            "* Offline: point idx_dir at a directory with the 4 MNIST files "
+            f"train-images-idx3-ubyte.gz, ... (looked in {idx_dir!r})."
+        )
+    if base.startswith("imagenet2012"):
+        lines.append(
+            "* ImageNet needs a manual download: get ILSVRC2012_img_train.tar and "
+            "ILSVRC2012_img_val.tar from https://image-net.org, put them in "
+            f"{where}/downloads/manual/, then run `tfds build {base} --data_dir={where}`."
+        )
+    else:
+        lines.append(
+            f"* Prepare it with tfds on a machine with internet access: "
+            f"`tfds build {base} --data_dir=DIR`, copy DIR here and set "
+            f"--config.data.data_dir=DIR (currently {where})."
+        )
+    return "\n".join(lines)
+
+
+def _tfds_num_examples(builder: Any, split: Any) -> int:
+    """Examples in ``split`` from metadata, or by cardinality when metadata lacks split info."""
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, AssertionError, TypeError):
+        pass  # e.g. mocked builders have no split metadata.
+    ds = builder.as_dataset(split=split, decoders=_tfds_decoders(builder), shuffle_files=False)
+    n = int(ds.cardinality())
+    if n < 0:  # Unknown: count records (undecoded, so this only reads bytes).
+        n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+    return n
+
+
+def _tfds_decoders(builder: Any) -> dict[str, Any] | None:
+    tfds = _import_tfds()
+    if isinstance(builder.info.features["image"], tfds.features.Image):
+        # Decode ourselves, after any resume-skip, so skipped records cost no decoding.
+        return {"image": tfds.decode.SkipDecoding()}
+    return None
+
+
+def _tfds_source(builder: Any, dataset: str, split: str) -> _Source:
+    tfds = _import_tfds()
+    features = builder.info.features
+    if "image" not in features:
+        raise DatasetError(
+            f"Dataset {dataset!r} has no 'image' feature (features: {list(features)}); "
+            "byol_jax needs an image dataset."
+        )
+    # FeaturesDict has no .get().
+    label = features["label"] if "label" in features else None  # noqa: SIM401
+    num_classes = int(getattr(label, "num_classes", 0) or 0) if label is not None else 0
+    try:
+        num_examples = _tfds_num_examples(builder, split)
+    except Exception as e:  # tfds raises assorted errors for bad split strings.
+        available = list(builder.info.splits) or "unknown"
+        raise DatasetError(
+            f"Invalid split {split!r} for {dataset!r}: {e}. Available splits: {available}; "
+            "slices like 'train[:10%]' or 'train[1000:]' are allowed."
+        ) from e
+    if num_examples <= 0:
+        raise DatasetError(f"Split {split!r} of {dataset!r} is empty.")
+    return _Source(
+        name=dataset,
+        num_examples=num_examples,
+        num_classes=num_classes,
+        kind="tfds",
+        builder=builder,
+        split=split,
+        encoded_image=isinstance(features["image"], tfds.features.Image),
+        has_label=label is not None,
+    )
+
+
+def _idx_num_examples(path: str) -> int:
+    """First dimension of an IDX file, from its header only (no full decompression)."""
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            header = f.read(8)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"Cannot read IDX file {path}: {e}. Reinstall or re-download it.") from e
+    if len(header) < 8 or header[:2] != b"\x00\x00" or header[3] == 0:
+        raise DatasetError(f"Corrupt IDX file {path}: bad header 0x{header.hex()}.")
+    return int.from_bytes(header[4:8], "big")
+
+
+def _idx_source(dataset: str, split: str, files: dict[str, tuple[str, str]]) -> _Source:
+    sizes = {name: _idx_num_examples(images) for name, (images, _) in files.items()}
+    name, start, end = _resolve_slice(split, sizes)
+    if end <= start:
+        raise DatasetError(f"Split {split!r} of {dataset!r} selects no examples.")
+    images, labels = _load_idx_split(*files[name])
+    return _Source(
+        name=dataset,
+        num_examples=end - start,
+        num_classes=_IDX_NUM_CLASSES,
+        kind="arrays",
+        images=images[start:end],
+        labels=labels[start:end],
+    )
+
+
+def _resolve_source(dataset: str, split: str, data_dir: str | None, idx_dir: str) -> _Source:
+    tfds = _import_tfds()
+    _check_known_dataset(dataset)
+    data_dir = data_dir or None  # An empty config string means the tfds default.
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except Exception as e:  # Bad config/version strings, unreadable data_dir, ...
+        raise DatasetError(f"Cannot create tfds builder for {dataset!r}: {e}") from e
+
+    # 1. Already prepared tfds data wins.
+    if builder.is_prepared():
+        return _tfds_source(builder, dataset, split)
+    # 2. Offline IDX files: preferred over a download attempt, which may hang without network.
+    files = _idx_files(_base_name(dataset), idx_dir)
+    if files is not None:
+        return _idx_source(dataset, split, files)
+    # 3. Try to prepare it (works with network access, or a filled manual_dir).
+    try:
+        builder.download_and_prepare()
+    except Exception as e:
+        cause = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        raise DatasetError(_missing_data_error(dataset, data_dir, idx_dir, cause)) from e
+    return _tfds_source(builder, dataset, split)
+
+
+# --------------------------------------------------------------------------------------------
+# tf.data building blocks.
+# --------------------------------------------------------------------------------------------
+
+
+def _check_common(batch_size: int, source_size: int, process_index: int, process_count: int):
+    if batch_size < 1:
+        raise DatasetError(f"batch_size must be >= 1, got {batch_size}.")
+    if source_size < 1:
+        raise DatasetError(f"source_size must be >= 1, got {source_size}.")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise DatasetError(
+            f"Need 0 <= process_index < process_count, got {process_index}, {process_count}."
+        )
+
+
+def _derive_seed(seed: int, process_index: int) -> int:
+    """A 31-bit seed from (seed, process_index); small enough to mix with epochs in int64."""
+    state = np.random.SeedSequence([seed % 2**63, process_index]).generate_state(1)[0]
+    return int(state) & 0x7FFFFFFF
+
+
+def _raw_records(source: _Source, shard: tuple[int, int]) -> tuple[tf.data.Dataset, int]:
+    """This process's tfds shard as undecoded {'image', 'label': int32} records, and its size."""
+    tf = _import_tf()
+    tfds = _import_tfds()
+    index, count = shard
+    split = source.split if count == 1 else tfds.even_splits(source.split, n=count)[index]
+    n_local = _tfds_num_examples(source.builder, split)
+    ds = source.builder.as_dataset(
+        split=split,
+        decoders=_tfds_decoders(source.builder),
+        shuffle_files=False,  # File order must be reproducible; shuffling happens below.
+    )
+    has_label = source.has_label
+
+    def select(ex: dict[str, Any]) -> dict[str, Any]:
+        label = tf.cast(ex["label"], tf.int32) if has_label else tf.constant(-1, tf.int32)
+        return {"image": ex["image"], "label": label}
+
+    return ds.map(select), n_local
+
+
+def _to_rgb_uint8(image: tf.Tensor, encoded: bool) -> tf.Tensor:
+    """Encoded bytes -> uint8 [H, W, 3]; raw uint8 [..., H, W, C] -> uint8 [..., H, W, 3]."""
+    tf = _import_tf()
+    if encoded:
+        # channels=3 turns grayscale into RGB and drops alpha; expand_animations=False keeps GIFs
+        # as a single frame so every image is rank 3.
+        return tf.io.decode_image(image, channels=3, expand_animations=False, dtype=tf.uint8)
+    image = tf.convert_to_tensor(image)
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+        image = image[..., :3]
+    elif channels != 3:
+        raise DatasetError(f"Unsupported image with {channels} channels (need 1, 3 or 4).")
+    if image.dtype != tf.uint8:
+        image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
+    return image
+
+
+def _resize_and_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Resizes the shorter side to ``size`` (keeping aspect ratio), then center-crops a square.
+
+    Works on one image [H, W, 3] or a batch of equally sized images [N, H, W, 3].
+    """
+    tf = _import_tf()
+    static_h, static_w = image.shape[-3], image.shape[-2]
+    out_shape = [*image.shape[:-3], size, size, 3]
+    if static_h == size and static_w == size:
+        return image  # Already the right size: no resampling, exact pixels.
+
+    def resize() -> tf.Tensor:
+        h, w = tf.shape(image)[-3], tf.shape(image)[-2]
+        scale = size / tf.cast(tf.minimum(h, w), tf.float32)
+        new_h = tf.maximum(size, tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32))
+        new_w = tf.maximum(size, tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32))
+        # Antialiasing keeps downscaling (e.g. ImageNet -> 224) free of aliasing.
+        resized = tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        cropped = resized[..., top : top + size, left : left + size, :]
+        return tf.cast(tf.clip_by_value(tf.round(cropped), 0.0, 255.0), tf.uint8)
+
+    if static_h is not None and static_w is not None:
+        out = resize()
+    else:
+        h, w = tf.shape(image)[-3], tf.shape(image)[-2]
+        out = tf.cond(tf.logical_and(h == size, w == size), lambda: image, resize)
+    return tf.ensure_shape(out, out_shape)
+
+
+def _decode_fn(encoded: bool, size: int):
+    """Per-example (tfds records) or per-batch (in-memory arrays) image conversion."""
+
+    def decode(ex: dict[str, Any]) -> dict[str, Any]:
+        return {**ex, "image": _resize_and_crop(_to_rgb_uint8(ex["image"], encoded), size)}
+
+    return decode
+
+
+def _deterministic_options() -> tf.data.Options:
+    tf = _import_tf()
+    options = tf.data.Options()
+    options.deterministic = True  # Parallel maps must keep order for reproducible batches.
+    return options
+
+
+def _numpy_batches(ds: tf.data.Dataset, what: str) -> Iterator[dict[str, np.ndarray]]:
+    """Iterates a batched dataset as numpy dicts, turning tf errors into DatasetError."""
+    tf = _import_tf()
+    iterator = ds.as_numpy_iterator()
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            raise DatasetError(
+                f"Reading {what} failed: {e.message.strip()}. If a few records are corrupt, "
+                "pass max_bad_records > 0 (train_batches) to skip undecodable records."
+            ) from e
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------
+# Public API.
+# --------------------------------------------------------------------------------------------
+
+
+def dataset_info(
+    dataset: str,
+    split: str,
+    *,
+    data_dir: str | None,
+    source_size: int,
+    idx_dir: str = DEFAULT_IDX_DIR,
+) -> DatasetInfo:
+    """Describes ``split`` of ``dataset`` (whole split, all processes) without reading images."""
+    source = _resolve_source(dataset, split, data_dir, idx_dir)
+    return DatasetInfo(
+        name=dataset,
+        num_examples=source.num_examples,
+        num_classes=source.num_classes,
+        source_shape=(source_size, source_size, 3),
+    )
+
+
+def train_batches(
+    dataset: str,
+    split: str,
+    *,
+    data_dir: str | None,
+    batch_size: int,
+    source_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    idx_dir: str = DEFAULT_IDX_DIR,
+    shuffle_buffer: int = 10_000,
+    max_bad_records: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite iterator of per-process batches.
+
+    Yields ``{'image': uint8 [batch_size, S, S, 3], 'label': int32 [batch_size]}`` with
+    S = ``source_size``; ``batch_size`` is the per-process batch. Each process reads a disjoint
+    contiguous shard (``tfds.even_splits`` arithmetic) of ``split``. Images are decoded,
+    grayscale is replicated to 3 channels, and the shorter side is resized to S followed by a
+    central S x S crop (skipped when already S x S). Labels are -1 for unlabelled datasets.
+
+    The stream is deterministic in ``(seed, process_index, process_count)``; every epoch is
+    reshuffled with its own derived seed. ``start_step=k`` yields exactly the batches a
+    ``start_step=0`` iterator yields from its k-th on (exact resume). In-memory (IDX) data gets
+    a full uniform permutation per epoch; tfds data is shuffled with a buffer of
+    ``shuffle_buffer`` records (files are always read in the same order).
+
+    ``max_bad_records``: 0 (default) makes an undecodable record raise ``DatasetError``; > 0
+    silently drops records that fail to decode (the number is not counted or capped, and the
+    dropped records shift later positions, so exact resume only holds for clean data).
+
+    The data source is resolved and validated eagerly: a missing dataset raises here, not on
+    the first ``next()``.
+    """
+    _check_common(batch_size, source_size, process_index, process_count)
+    if start_step < 0:
+        raise DatasetError(f"start_step must be >= 0, got {start_step}.")
+    if shuffle_buffer < 1:
+        raise DatasetError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}.")
+    tf = _import_tf()
+    source = _resolve_source(dataset, split, data_dir, idx_dir)
+    base_seed = _derive_seed(seed, process_index)
+    start_pos = start_step * batch_size  # Position in this process's example stream.
+
+    if source.kind == "arrays":
+        lo, hi = _even_shard_bounds(0, source.num_examples, process_index, process_count)
+        n_local = hi - lo
+        _check_shard(n_local, split, process_count)
+        images = tf.constant(source.images[lo:hi])
+        labels = tf.constant(source.labels[lo:hi])
+
+        def lookup(pos: tf.Tensor) -> dict[str, tf.Tensor]:
+            # Stateless permutation per epoch: stream position -> example index in O(1), so
+            # resuming at any step needs no skipping at all.
+            epoch, offset = pos // n_local, pos % n_local
+            seeds = tf.stack([tf.ones_like(pos) * base_seed, epoch, tf.zeros_like(pos)], 1)
+            # The raw op: tf.random.experimental.index_shuffle mis-pads batched [n, 2] seeds
+            # (TF 2.21). A batch may straddle epochs, hence one seed row per position.
+            idx = tf.raw_ops.RandomIndexShuffle(
+                index=offset, seed=seeds, max_index=tf.constant(n_local - 1, tf.int64), rounds=4
+            )
+            return {"image": tf.gather(images, idx), "label": tf.gather(labels, idx)}
+
+        # All images have one size, so gather, convert and resize whole batches at once.
+        ds = tf.data.Dataset.counter(start=start_pos).batch(batch_size, drop_remainder=True)
+        ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(_decode_fn(False, source_size), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        records, n_local = _raw_records(source, (process_index, process_count))
+        _check_shard(n_local, split, process_count)
+        buffer = min(shuffle_buffer, n_local)
+        first_epoch, offset = divmod(start_pos, n_local)
+
+        def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
+            # Each epoch's order depends only on (base_seed, epoch), so a resumed stream can
+            # start at the right epoch and skip only within it.
+            epoch_seed = tf.constant(base_seed, tf.int64) * 1_000_003 + epoch
+            return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+        ds = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_records)
+        ds = ds.skip(offset)  # Undecoded records: cheap.
+        decode = _decode_fn(source.encoded_image, source_size)
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        if max_bad_records > 0:
+            ds = ds.ignore_errors(log_warning=True)
+        ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.with_options(_deterministic_options()).prefetch(tf.data.AUTOTUNE)
+    return _numpy_batches(ds, f"{dataset} {split} (train)")
+
+
+def eval_batches(
+    dataset: str,
+    split: str,
+    *,
+    data_dir: str | None,
+    batch_size: int,
+    source_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    idx_dir: str = DEFAULT_IDX_DIR,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One unshuffled pass over this process's shard, every example exactly once.
+
+    Yields ``{'image': uint8 [B, S, S, 3], 'label': int32 [B], 'mask': bool [B]}``, all batches
+    of exactly ``batch_size``; padding examples are zeros with ``mask`` False. Every process
+    yields the same number of batches (enough for the largest shard), so multi-process eval
+    steps stay in lockstep; processes with a smaller shard get an extra fully-masked batch when
+    needed.
+    """
+    _check_common(batch_size, source_size, process_index, process_count)
+    tf = _import_tf()
+    source = _resolve_source(dataset, split, data_dir, idx_dir)
+
+    if source.kind == "arrays":
+        bounds = [
+            _even_shard_bounds(0, source.num_examples, i, process_count)
+            for i in range(process_count)
+        ]
+        lo, hi = bounds[process_index]
+        n_local, max_local = hi - lo, max(b - a for a, b in bounds)
+    else:
+        tfds = _import_tfds()
+        ds, n_local = _raw_records(source, (process_index, process_count))
+        if process_count == 1:
+            max_local = n_local
+        else:
+            shards = tfds.even_splits(source.split, n=process_count)
+            max_local = max(_tfds_num_examples(source.builder, s) for s in shards)
+    if max_local == 0:
+        raise DatasetError(f"Split {split!r} of {dataset!r} is empty.")
+    num_batches = -(-max_local // batch_size)
+    num_padding = num_batches * batch_size - n_local
+
+    if source.kind == "arrays":
+        # Pad the raw arrays (zeros stay zeros through the resize) and process whole batches.
+        pad = [(0, num_padding)]
+        examples = {
+            "image": np.pad(source.images[lo:hi], pad + [(0, 0)] * 3),
+            "label": np.pad(source.labels[lo:hi], pad),
+            "mask": np.pad(np.ones(n_local, bool), pad),
+        }
+        ds = tf.data.Dataset.from_tensor_slices(examples).batch(batch_size, drop_remainder=True)
+        ds = ds.map(_decode_fn(False, source_size), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+
+        def with_mask(ex: dict[str, Any]) -> dict[str, Any]:
+            return {**ex, "mask": tf.constant(True)}
+
+        decode = _decode_fn(source.encoded_image, source_size)
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).map(with_mask)
+        if num_padding:
+            padding = {
+                "image": tf.zeros([source_size, source_size, 3], tf.uint8),
+                "label": tf.constant(0, tf.int32),
+                "mask": tf.constant(False),
+            }
+            ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
+        ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.with_options(_deterministic_options()).prefetch(tf.data.AUTOTUNE)
+    return _numpy_batches(ds, f"{dataset} {split} (eval)")
+
+
+def _check_shard(n_local: int, split: str, process_count: int) -> None:
+    if n_local <= 0:
+        raise DatasetError(
+            f"Split {split!r} has no examples for this process (process_count={process_count}); "
+            "use a larger split or fewer processes."
+        )

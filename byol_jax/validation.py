@@ -1,0 +1,135 @@
+"""Checks a config before any work starts, with one clear message per problem.
+
+Part of the launch layer: like ``launch.py`` and the training loop, it reads the config.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from byol_jax import models
+
+DTYPES = ("float32", "bfloat16")
+CONV_IMPLS = ("auto", *models.CONV_IMPLS)
+
+
+class ConfigError(ValueError):
+    """A config value is invalid: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"config.{key}={value!r} is invalid: {allowed}")
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node = config
+    for part in key.split("."):
+        if part not in node:
+            raise ConfigError(key, None, "the key is missing from the config")
+        node = node[part]
+    return node
+
+
+def _check(config, key: str, ok: Callable[[Any], bool], allowed: str) -> Any:
+    value = _get(config, key)
+    try:
+        valid = bool(ok(value))
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ConfigError(key, value, allowed)
+    return value
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def validate_config(
+    config: ml_collections.ConfigDict,
+    *,
+    device_count: int,
+    process_count: int = 1,
+    known_datasets: Callable[[str], bool] | None = None,
+) -> None:
+    """Raise ``ConfigError`` for the first invalid value; ``known_datasets(name)`` checks names."""
+    batch = _check(config, "batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
+    if batch % device_count:
+        raise ConfigError(
+            "batch_size", batch, f"must be divisible by the {device_count} devices in use"
+        )
+    if (batch // process_count) % (device_count // process_count):
+        raise ConfigError("batch_size", batch, "per-process batch must split over local devices")
+    steps = _check(config, "num_steps", _is_int, "an integer (> 0 overrides num_epochs)")
+    _check(
+        config,
+        "num_epochs",
+        lambda v: _is_number(v) and (v > 0 or steps > 0),
+        "a positive number of epochs (or set num_steps > 0)",
+    )
+    _check(config, "seed", _is_int, "an integer")
+    _check(config, "warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _check(config, key, lambda v: _is_int(v) and v > 0, "a positive integer")
+
+    _check(config, "optimizer.base_lr", lambda v: _is_number(v) and v > 0, "a number > 0")
+    _check(config, "optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _check(config, "optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)")
+    _check(config, "optimizer.trust_coefficient", lambda v: v > 0, "a number > 0")
+    _check(config, "base_tau", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]")
+
+    _check(
+        config,
+        "model.encoder",
+        lambda v: v in models.ENCODERS,
+        f"one of {sorted(models.ENCODERS)}",
+    )
+    _check(config, "model.width", lambda v: _is_int(v) and 1 <= v <= 8, "an integer in 1..8")
+    _check(
+        config,
+        "model.base_width",
+        lambda v: _is_int(v) and v >= 0,
+        "an integer >= 0 (0 keeps the encoder's default, 64 for ResNets)",
+    )
+    _check(config, "model.stem", lambda v: v in models.STEMS, f"one of {models.STEMS}")
+    _check(config, "model.dtype", lambda v: v in DTYPES, f"one of {DTYPES}")
+    _check(config, "model.conv_impl", lambda v: v in CONV_IMPLS, f"one of {CONV_IMPLS}")
+    for key in ("projector_hidden_dim", "projector_dim", "predictor_hidden_dim"):
+        _check(config, f"model.{key}", lambda v: _is_int(v) and v > 0, "a positive integer")
+
+    dataset = _check(config, "data.dataset", lambda v: isinstance(v, str) and v, "a tfds name")
+    if known_datasets is not None and not known_datasets(dataset):
+        raise ConfigError(
+            "data.dataset",
+            dataset,
+            "not a tfds dataset (e.g. fashion_mnist, mnist, cifar10, cifar100, stl10, "
+            "imagenet2012, imagenette)",
+        )
+    _check(
+        config, "data.image_size", lambda v: _is_int(v) and 8 <= v <= 1024, "an integer in 8..1024"
+    )
+    _check(
+        config,
+        "data.source_size",
+        lambda v: _is_int(v) and 8 <= v <= 2048,
+        "an integer in 8..2048 (the host-side square size)",
+    )
+    _check(config, "data.eval_crop_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    _check(config, "data.eval_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
+    _check(config, "data.mean", lambda v: len(v) == 3, "three per-channel values")
+    _check(config, "data.std", lambda v: len(v) == 3 and min(v) > 0, "three positive values")
+    _check(config, "data.max_bad_records", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    for key in ("augment.blur_prob", "augment.solarize_prob"):
+        _check(
+            config,
+            key,
+            lambda v: len(v) == 2 and all(0 <= p <= 1 for p in v),
+            "two probabilities (view 1, view 2) in [0, 1]",
+        )

@@ -1,0 +1,59 @@
+"""Defaults shared by every experiment config; each config file overrides what it needs."""
+
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The BYOL recipe (ResNet-50, ImageNet, 1000 epochs) as the base of all configs."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.batch_size = 4096  # global, over all devices and processes
+    config.num_epochs = 1000
+    config.num_steps = -1  # > 0 overrides num_epochs
+    config.warmup_epochs = 10.0
+    config.log_every_steps = 100
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.base_lr = 0.2  # scaled by batch_size / 256
+    config.optimizer.weight_decay = 1.5e-6
+    config.optimizer.momentum = 0.9
+    config.optimizer.trust_coefficient = 1e-3
+    config.base_tau = 0.996
+
+    config.model = ml_collections.ConfigDict()
+    config.model.encoder = "resnet50"
+    config.model.width = 1
+    config.model.base_width = 64
+    config.model.stem = "imagenet"
+    config.model.zero_init_last_bn = False
+    config.model.projector_hidden_dim = 4096
+    config.model.projector_dim = 256
+    config.model.predictor_hidden_dim = 4096
+    config.model.dtype = "float32"  # or "bfloat16": compute only; params and loss stay f32
+    config.model.conv_impl = "auto"  # "matmul" on CPU, "native" on GPU/TPU
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = "imagenet2012"
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)
+    config.data.train_split = "train"
+    config.data.eval_split = "validation"
+    config.data.source_size = 256  # host resizes/crops to this square uint8 size
+    config.data.image_size = 224  # training resolution after the on-device random crop
+    config.data.eval_crop_fraction = 0.875  # 224 of 256 at test time
+    config.data.mean = IMAGENET_MEAN
+    config.data.std = IMAGENET_STD
+    config.data.idx_dir = "/usr/share/datasets/fashion-mnist"
+    config.data.shuffle_buffer = 10_000
+    config.data.max_bad_records = 0
+    config.data.eval_batch_size = 512
+
+    # The paper's per-view probabilities; change only for ablations.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.blur_prob = (1.0, 0.1)
+    config.augment.solarize_prob = (0.0, 0.2)
+    return config

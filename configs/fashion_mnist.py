@@ -1,0 +1,42 @@
+"""The default: BYOL on Fashion-MNIST, small enough to pretrain and evaluate on 2 CPU cores.
+
+Launch (the README quickstart runs exactly this):
+  python launch.py --config=configs/fashion_mnist.py --workdir=workdirs/fashion_mnist
+Works offline: without a prepared tfds copy it reads Debian's dataset-fashion-mnist IDX files.
+Variant ``:long`` trains longer for higher accuracy.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = common.base_config()
+    config.batch_size = 256
+    config.num_epochs = 4
+    config.warmup_epochs = 0.5
+    config.log_every_steps = 20
+    config.checkpoint_every_steps = 200
+    config.optimizer.base_lr = 2.0
+    config.optimizer.weight_decay = 1e-5
+    config.base_tau = 0.99
+    config.model.encoder = "resnet18"
+    config.model.base_width = 32
+    config.model.stem = "imagenet"  # 7x7 after the stem: 16x cheaper than the CIFAR stem
+    config.model.projector_hidden_dim = 512
+    config.model.projector_dim = 128
+    config.model.predictor_hidden_dim = 512
+    config.data.dataset = "fashion_mnist"
+    config.data.eval_split = "test"
+    config.data.source_size = 28
+    config.data.image_size = 28
+    config.data.eval_crop_fraction = 1.0
+    config.data.mean = (0.2860, 0.2860, 0.2860)
+    config.data.std = (0.3530, 0.3530, 0.3530)
+    config.data.eval_batch_size = 1000
+    if arg == "long":
+        config.num_epochs = 20
+    elif arg:
+        raise ValueError(f"unknown variant {arg!r}; use configs/fashion_mnist.py or :long")
+    return config

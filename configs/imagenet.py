@@ -1,0 +1,35 @@
+"""BYOL on ImageNet, ResNet-50, 224 px, with the paper's presets selected by epochs.
+
+Launch (TPU VM / multi-GPU host):
+  python launch.py --config=configs/imagenet.py:epochs=1000 --workdir=$WORKDIR \
+      --config.data.data_dir=$TFDS_DIR
+Presets (batch 4096): epochs=1000 → lr 0.2, wd 1.5e-6, τ 0.996; 300 → 0.3, 1e-6, 0.99;
+100 → 0.45, 1e-6, 0.99; 40 → 0.45, 1e-6, 0.97.
+"""
+
+import ml_collections
+
+from configs import common
+
+PRESETS = {
+    1000: dict(base_lr=0.2, weight_decay=1.5e-6, base_tau=0.996),
+    300: dict(base_lr=0.3, weight_decay=1e-6, base_tau=0.99),
+    100: dict(base_lr=0.45, weight_decay=1e-6, base_tau=0.99),
+    40: dict(base_lr=0.45, weight_decay=1e-6, base_tau=0.97),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """``arg``: ``epochs=N`` with N one of 40, 100, 300, 1000 (default 1000)."""
+    options = dict(item.split("=", 1) for item in (arg or "").split(",") if item)
+    epochs = int(options.get("epochs", 1000))
+    if epochs not in PRESETS:
+        raise ValueError(f"epochs={epochs} has no preset; choose one of {sorted(PRESETS)}")
+    preset = PRESETS[epochs]
+    config = common.base_config()
+    config.num_epochs = epochs
+    config.optimizer.base_lr = preset["base_lr"]
+    config.optimizer.weight_decay = preset["weight_decay"]
+    config.base_tau = preset["base_tau"]
+    config.model.dtype = "bfloat16"
+    return config

@@ -1,0 +1,96 @@
+"""The pmapped BYOL step: layout independence, EMA exactness, learning on a fixed batch."""
+
+import jax
+import numpy as np
+import pytest
+
+from byol_jax import parallel, train
+from configs import smoke
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    config = smoke.get_config()
+    config.num_steps = 40
+    return train.build_experiment(config, num_classes=10, num_train_examples=256)
+
+
+@pytest.fixture(scope="module")
+def host_state(experiment):
+    return jax.device_get(train.initial_state(experiment, seed=0))
+
+
+def _batch(size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (size, 16, 16, 3), dtype=np.uint8),
+        "label": rng.integers(0, 10, (size,), dtype=np.int32),
+    }
+
+
+def _on_devices(tree, count):
+    return jax.tree.map(lambda x: np.broadcast_to(x, (count, *np.shape(x))), tree)
+
+
+def test_step_result_does_not_depend_on_device_layout(experiment, host_state):
+    assert jax.local_device_count() == 8
+    batch = _batch()
+    step = parallel.map_step(experiment.step_fn, donate_state=False)
+    state_8, metrics_8 = step(parallel.replicate(host_state), parallel.shard_batch(batch))
+    one = jax.tree.map(lambda x: x.reshape(1, *x.shape), batch)
+    state_1, metrics_1 = step(_on_devices(host_state, 1), one)
+
+    new_8, new_1 = parallel.fetch(state_8), jax.tree.map(lambda x: np.asarray(x[0]), state_1)
+    assert int(new_8.step) == int(new_1.step) == 1
+    # Compare the leaves the step changes; 1e-4 absorbs the different reduction orders.
+    for a, b in zip(jax.tree.leaves(new_8), jax.tree.leaves(new_1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(
+        parallel.fetch(metrics_8)["loss"], np.asarray(metrics_1["loss"][0]), rtol=1e-5
+    )
+    # All 8 replicas hold the same state.
+    leaf = jax.tree.leaves(state_8.online_params)[0]
+    for shard in leaf.addressable_shards[1:]:
+        np.testing.assert_array_equal(shard.data, leaf.addressable_shards[0].data)
+
+
+def test_target_moves_toward_online_by_one_minus_tau(experiment, host_state):
+    step = parallel.map_step(experiment.step_fn, donate_state=False)
+    state = parallel.replicate(host_state)
+    # Take a few steps first so that target and online differ.
+    for i in range(3):
+        state, _ = step(state, parallel.shard_batch(_batch(seed=i)))
+    before = parallel.fetch(state)
+    state, metrics = step(state, parallel.shard_batch(_batch(seed=9)))
+    after = parallel.fetch(state)
+    tau = float(parallel.fetch(metrics)["tau"])
+    np.testing.assert_allclose(tau, float(experiment.tau_schedule(3)), rtol=1e-7)
+    assert tau < 1.0
+    online_new = {k: after.online_params[k] for k in ("encoder", "projector")}
+    expected = jax.tree.map(lambda t, o: tau * t + (1 - tau) * o, before.target_params, online_new)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        after.target_params,
+        expected,
+    )
+    # The target's BN statistics are its own (updated by its forward passes, not copied).
+    stats_changed = jax.tree.map(
+        lambda a, b: not np.allclose(a, b), after.target_batch_stats, before.target_batch_stats
+    )
+    assert any(jax.tree.leaves(stats_changed))
+
+
+def test_loss_falls_on_a_fixed_batch(experiment, host_state):
+    step = parallel.map_step(experiment.step_fn, donate_state=False)
+    state = parallel.replicate(host_state)
+    batch = parallel.shard_batch(_batch(size=16, seed=3))
+    losses, probe_losses = [], []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        values = parallel.fetch(metrics)
+        losses.append(float(values["loss"]))
+        probe_losses.append(float(values["probe_loss"]))
+    assert np.all(np.isfinite(losses))
+    assert min(losses) >= 0.0 and max(losses) <= 8.0
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
+    assert np.mean(probe_losses[-5:]) < np.mean(probe_losses[:3]), probe_losses
