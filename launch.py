@@ -13,20 +13,24 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    os.path.join(_HERE, "configs", "fashion_mnist.py"),
-    "Experiment config file, optionally with ':arg'.",
-    lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory (default: ./workdirs/<config file name>)."
-)
-_MODE = flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # Not at import time: the default config file is loaded (and --config.* overrides applied)
+    # as soon as the flag is defined, and errors there must become one-line messages.
+    config_flags.DEFINE_config_file(
+        "config",
+        os.path.join(_HERE, "configs", "fashion_mnist.py"),
+        "Experiment config file, optionally with ':arg'.",
+        lock_config=True,
+    )
+    flags.DEFINE_string("workdir", None, "Run directory (default: ./workdirs/<config name>).")
+    flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
 
 
 def _default_workdir() -> str:
-    config_path = flags.FLAGS["config"].config_filename.split(":")[0]
+    config_path = FLAGS["config"].config_filename.split(":")[0]
     name = os.path.splitext(os.path.basename(config_path))[0]
     return os.path.join("workdirs", name)
 
@@ -39,11 +43,16 @@ def main(argv: list[str]) -> None:
 
     from byol_jax import checkpoint, input_pipeline, train, validation
 
-    if not flags.FLAGS["verbosity"].present:
+    if not FLAGS["verbosity"].present:
         # Orbax and TF log every save at INFO; keep the console to our progress lines.
         logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
-    workdir = _WORKDIR.value or _default_workdir()
+    config = FLAGS.config
+    try:
+        config.get("batch_size")
+    except OSError:
+        # ml_collections defers a config file that failed to load to its first access.
+        _fail(f"cannot load config file {FLAGS['config'].config_filename!r}: no such file")
+    workdir = FLAGS.workdir or _default_workdir()
     try:
         validation.validate_config(
             config,
@@ -52,7 +61,7 @@ def main(argv: list[str]) -> None:
             known_datasets=input_pipeline.is_known_dataset,
         )
         if jax.process_index() == 0:
-            print(f"byol_jax: {_MODE.value} on {config.data.dataset}, workdir {workdir}")
+            print(f"byol_jax: {FLAGS.mode} on {config.data.dataset}, workdir {workdir}")
         summary = train.train_and_evaluate(config, workdir)
     except (
         validation.ConfigError,
@@ -60,12 +69,40 @@ def main(argv: list[str]) -> None:
         checkpoint.CheckpointError,
         train.NonFiniteLossError,
     ) as error:
-        logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:
         print(f"done: {summary}")
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _unknown_key_message(error: Exception, argv: list[str]) -> str:
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    return f"unknown config key {error} among {overrides}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag or config file is one line on stderr, not a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        # Config-file errors embed the traceback; its last line names the actual problem.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        _fail(lines[-1] if lines else str(error))
+    except (AttributeError, KeyError) as error:
+        # ml_collections raises these for an override of a key the config does not have.
+        _fail(_unknown_key_message(error, argv))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        _define_flags()  # loads the default config and applies --config.* overrides to it
+    except (AttributeError, KeyError) as error:
+        _fail(_unknown_key_message(error, sys.argv))
+    except (ValueError, TypeError) as error:
+        _fail(f"bad config or override: {error}")
+    app.run(main, flags_parser=_parse_flags)

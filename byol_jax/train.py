@@ -204,10 +204,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         manager, initial_state(experiment, config.seed)
     )
     start_step = int(restored_step or 0)
-    if restored_step is not None:
-        logging.info("Resuming from step %d in %s", start_step, workdir)
-    else:
-        logging.info("Starting a new run in %s", workdir)
+    if is_chief:
+        if restored_step is None:
+            print(f"starting a new run of {experiment.total_steps} steps in {workdir}", flush=True)
+        else:
+            print(f"resuming from step {start_step} of {experiment.total_steps}", flush=True)
     state = parallel.replicate(host_state)
     del host_state
 
@@ -236,6 +237,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start_step
     for step in range(start_step + 1, steps + 1):
         state, metrics = p_train_step(state, next(device_batches))
+        if step == start_step + 1:
+            # Start the throughput clock after compilation, so images/s measures steps only.
+            jax.block_until_ready(metrics)
+            last_log_time, last_log_step = time.time(), step
         is_last = step == steps
         if step % config.log_every_steps == 0 or is_last:
             values = {k: float(v) for k, v in parallel.fetch(metrics).items()}
@@ -246,9 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     f"{checkpoint.checkpoint_dir(workdir)}."
                 )
             now = time.time()
-            values["images_per_sec"] = (
-                (step - last_log_step) * config.batch_size / (now - last_log_time)
-            )
+            elapsed = max(now - last_log_time, 1e-9)
+            values["images_per_sec"] = max(step - last_log_step, 1) * config.batch_size / elapsed
             last_log_time, last_log_step = now, step
             writer.write(step, values)
             if is_chief:

@@ -1,0 +1,78 @@
+"""launch.py as a user runs it: bad configs fail in one line; a rerun resumes."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "configs", "smoke.py")
+
+BAD_CONFIGS = [
+    (["--config.batch_size=-4"], "config.batch_size=-4"),
+    (["--config.batch_size=12"], "divisible by the 8 devices"),
+    (["--config.model.encoder=resnet19"], "config.model.encoder='resnet19'"),
+    (["--config.data.dataset=no_such_dataset"], "config.data.dataset='no_such_dataset'"),
+    (["--config.data.image_size=4"], "config.data.image_size=4"),
+    (["--config.base_tau=1.5"], "config.base_tau=1.5"),
+    (["--config.optimizer.base_lr=0.0"], "config.optimizer.base_lr=0.0"),
+    (["--config.model.stem=tiny"], "config.model.stem='tiny'"),
+    (["--config.model.dtype=float8"], "config.model.dtype='float8'"),
+    (["--config.log_every_steps=0"], "config.log_every_steps=0"),
+    (["--config.data.eval_crop_fraction=1.5"], "config.data.eval_crop_fraction=1.5"),
+    (["--config.batch_size=abc"], "--config.batch_size=abc"),
+    (["--config.no_such_key=1"], "unknown config key"),
+    ([f"--config={ROOT}/configs/imagenet.py:epochs=7"], "epochs=7 has no preset"),
+    ([f"--config={ROOT}/configs/missing.py"], "cannot load config file"),
+]
+
+
+def _launch(args, workdir, extra_env=None):
+    env = dict(os.environ)
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    env.update(extra_env or {})
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch.py"), f"--workdir={workdir}", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
+def test_bad_configs_fail_with_one_clear_line(tmp_path):
+    def run(case):
+        index, (args, expected) = case
+        workdir = tmp_path / f"run{index}"
+        return args, expected, workdir, _launch([f"--config={SMOKE}", *args], workdir)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(run, enumerate(BAD_CONFIGS)))
+    for args, expected, workdir, result in results:
+        assert result.returncode != 0, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(error_lines) == 1, (args, result.stderr)
+        assert expected in error_lines[0], (args, error_lines)
+        # Nothing was written: validation happens before any work.
+        assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("runs", [2])
+def test_same_command_twice_resumes(tmp_path, runs):
+    workdir = tmp_path / "run"
+    args = [f"--config={SMOKE}", "--config.num_steps=4"]
+    first = _launch(args, workdir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "starting a new run" in first.stdout
+    assert "step 4/4" in first.stdout
+    second = _launch(args, workdir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming from step 4" in second.stdout
+    assert "step 4/4 |" not in second.stdout  # no step was trained again
+    with open(workdir / "metrics.jsonl") as f:
+        steps = [line for line in f if '"loss"' in line]
+    assert len(steps) == 2  # steps 2 and 4, once each
