@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
+MODES = ["train", "linear_eval", "knn", "baselines", "export", "embed"]
 
 
 def _define_flags() -> None:
@@ -26,7 +27,21 @@ def _define_flags() -> None:
         lock_config=True,
     )
     flags.DEFINE_string("workdir", None, "Run directory (default: ./workdirs/<config name>).")
-    flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+    flags.DEFINE_enum(
+        "mode",
+        "train",
+        MODES,
+        "train: pretrain (resumes); linear_eval / knn / baselines: evaluate the checkpoint in "
+        "--workdir; export: write the encoder alone to --output (default WORKDIR/export); "
+        "embed: embeddings of --split to --output (.npy).",
+    )
+    flags.DEFINE_string("output", None, "Output path for --mode=export/embed.")
+    flags.DEFINE_string("split", None, "Split for --mode=embed (default: config.data.eval_split).")
+    flags.DEFINE_bool(
+        "allow_config_change",
+        False,
+        "Resume even if the model/data config differs from the one saved in the workdir.",
+    )
 
 
 def _default_workdir() -> str:
@@ -41,7 +56,7 @@ def main(argv: list[str]) -> None:
     # Imported here so that `--help` stays fast and flags parse before JAX initializes.
     import jax
 
-    from byol_jax import checkpoint, input_pipeline, train, validation
+    from byol_jax import checkpoint, export, input_pipeline, train, validation
 
     if not FLAGS["verbosity"].present:
         # Orbax and TF log every save at INFO; keep the console to our progress lines.
@@ -62,17 +77,64 @@ def main(argv: list[str]) -> None:
         )
         if jax.process_index() == 0:
             print(f"byol_jax: {FLAGS.mode} on {config.data.dataset}, workdir {workdir}")
-        summary = train.train_and_evaluate(config, workdir)
+        if FLAGS.mode == "train":
+            summary = train.train_and_evaluate(
+                config, workdir, allow_config_change=FLAGS.allow_config_change
+            )
+        else:
+            summary = _evaluate(FLAGS.mode, config, workdir)
     except (
         validation.ConfigError,
         input_pipeline.DatasetError,
         checkpoint.CheckpointError,
+        export.ExportError,
         train.NonFiniteLossError,
+        train.ConfigConflictError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:
         print(f"done: {summary}")
+
+
+def _evaluate(mode: str, config, workdir: str) -> dict:
+    """The non-training modes; all read the newest checkpoint in ``workdir``."""
+    from byol_jax import export, knn, linear_eval, train
+
+    data = config.data
+    splits = dict(
+        dataset=data.dataset,
+        train_split=data.train_split,
+        test_split=data.eval_split,
+        data_dir=data.data_dir,
+        idx_dir=data.idx_dir,
+    )
+    if mode == "linear_eval":
+        out = os.path.join(workdir, "linear_eval.json")
+        result = linear_eval.evaluate_pretrained(
+            workdir, **splits, out_file=out, **train.linear_eval_options(config)
+        )
+        return {k: result[k] for k in ("top1", "top5")} | {"written": out}
+    if mode == "knn":
+        out = os.path.join(workdir, "knn.json")
+        result = knn.evaluate_pretrained(
+            workdir,
+            **splits,
+            k=config.eval.knn_k,
+            temperature=config.eval.knn_temperature,
+            out_file=out,
+        )
+        return {k: result[k] for k in ("top1", "top5")} | {"written": out}
+    if mode == "baselines":
+        return train.final_table(config, workdir)
+    if mode == "export":
+        return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
+    split = FLAGS.split or data.eval_split
+    out = FLAGS.output or os.path.join(workdir, f"embeddings_{split.replace(':', '_')}.npy")
+    export.embed_split(
+        workdir, data.dataset, split, out, data_dir=data.data_dir, idx_dir=data.idx_dir
+    )
+    return {"written": out}
 
 
 def _fail(message: str) -> None:

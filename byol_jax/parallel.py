@@ -97,6 +97,15 @@ def map_function(fn: Callable, **kwargs: Any) -> Callable:
     return jax.pmap(fn, axis_name=AXIS_NAME, **kwargs)
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is true on any (so all processes stop together)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
 # ---- used inside mapped functions -------------------------------------------------------------
 
 

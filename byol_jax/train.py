@@ -22,18 +22,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 
 from byol_jax import (
     augment,
+    baselines,
     checkpoint,
     ema,
     evaluate,
     input_pipeline,
+    knn,
+    linear_eval,
     metrics_io,
     models,
     optim,
     parallel,
+    preemption,
+    report,
     train_state,
 )
 from byol_jax.train_step import train_step
@@ -173,17 +177,65 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+# Config sections that must not change under an existing run's checkpoints.
+_FIXED_KEYS = ("model", "data.dataset", "data.image_size", "data.source_size", "seed")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_and_save_config(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> None:
+    """Write ``workdir/config.json``; refuse a run whose model/data differ from the saved one."""
+    path = os.path.join(workdir, "config.json")
+    new = json.loads(config.to_json_best_effort())
+    has_checkpoints = os.path.isdir(checkpoint.checkpoint_dir(workdir)) and any(
+        name.isdigit() for name in os.listdir(checkpoint.checkpoint_dir(workdir))
+    )
+    if os.path.exists(path) and has_checkpoints and not allow_config_change:
+        with open(path) as f:
+            old = _flatten(json.load(f))
+        flat_new = _flatten(new)
+        changed = sorted(
+            key
+            for key in set(old) | set(flat_new)
+            if key.startswith(_FIXED_KEYS) and old.get(key) != flat_new.get(key)
+        )
+        if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {flat_new.get(k)!r}" for k in changed[:5])
+            raise ConfigConflictError(
+                f"{workdir} holds checkpoints of a different run ({diffs}). Use a new --workdir, "
+                "or pass --allow_config_change to resume anyway."
+            )
+    with open(path + ".tmp", "w") as f:
+        json.dump(new, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)  # atomic: a crash never leaves a half-written config
+
+
+class ConfigConflictError(ValueError):
+    """The config differs from the one that wrote the checkpoints in the workdir."""
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, Any]:
     """Pretrain (resuming from ``workdir`` when it has checkpoints), then evaluate the probe.
 
-    Returns the final summary that is also written to ``workdir/summary.json``.
+    Returns the final summary that is also written to ``workdir/summary.json``. On SIGTERM or
+    SIGINT it checkpoints the current step and returns early with ``preempted=True``.
     """
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise checkpoint.CheckpointError(f"cannot create workdir {workdir}: {error}") from error
     is_chief = jax.process_index() == 0
     data = config.data
     info = input_pipeline.dataset_info(
@@ -197,11 +249,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config, num_classes=info.num_classes, num_train_examples=info.num_examples
     )
     if is_chief:
-        save_config(config, workdir)
+        check_and_save_config(config, workdir, allow_config_change=allow_config_change)
 
     manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
     host_state, restored_step = checkpoint.restore_latest(
-        manager, initial_state(experiment, config.seed)
+        manager, initial_state(experiment, config.seed), workdir=workdir if is_chief else None
     )
     start_step = int(restored_step or 0)
     if is_chief:
@@ -231,43 +283,73 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     p_train_step = parallel.map_step(experiment.step_fn)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief)
 
+    knn_monitor = _knn_monitor(config, experiment, info.num_classes)
     steps = experiment.total_steps
     last_log_time, last_log_step = time.time(), start_step
     last_saved = restored_step
     step = start_step
-    for step in range(start_step + 1, steps + 1):
-        state, metrics = p_train_step(state, next(device_batches))
-        if step == start_step + 1:
-            # Start the throughput clock after compilation, so images/s measures steps only.
-            jax.block_until_ready(metrics)
-            last_log_time, last_log_step = time.time(), step
-        is_last = step == steps
-        if step % config.log_every_steps == 0 or is_last:
-            values = {k: float(v) for k, v in parallel.fetch(metrics).items()}
-            if not all(math.isfinite(v) for v in (values["loss"], values["grad_norm"])):
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient norm at step {step} ({values}); nothing was "
-                    f"saved for it. Last good checkpoint: step {last_saved} in "
-                    f"{checkpoint.checkpoint_dir(workdir)}."
+    stopped_by: str | None = None
+    with preemption.StopSignal() as stop:
+        for step in range(start_step + 1, steps + 1):
+            state, metrics = p_train_step(state, next(device_batches))
+            if step == start_step + 1:
+                # Start the throughput clock after compilation: images/s measures steps only.
+                jax.block_until_ready(metrics)
+                last_log_time, last_log_step = time.time(), step
+            stop_now = parallel.any_process(stop.requested)
+            is_last = step == steps or stop_now
+            must_save = step % config.checkpoint_every_steps == 0 or is_last
+            if step % config.log_every_steps == 0 or must_save:
+                values = {k: float(v) for k, v in parallel.fetch(metrics).items()}
+                if not all(math.isfinite(v) for v in (values["loss"], values["grad_norm"])):
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient norm at step {step} (loss "
+                        f"{values['loss']}, grad norm {values['grad_norm']}); nothing was saved "
+                        f"for it. Last good checkpoint: step {last_saved} in "
+                        f"{checkpoint.checkpoint_dir(workdir)}."
+                    )
+            if step % config.log_every_steps == 0 or is_last:
+                now = time.time()
+                elapsed = max(now - last_log_time, 1e-9)
+                values["images_per_sec"] = (
+                    max(step - last_log_step, 1) * config.batch_size / elapsed
                 )
-            now = time.time()
-            elapsed = max(now - last_log_time, 1e-9)
-            values["images_per_sec"] = max(step - last_log_step, 1) * config.batch_size / elapsed
-            last_log_time, last_log_step = now, step
-            writer.write(step, values)
-            if is_chief:
-                eta = (steps - step) * config.batch_size / max(values["images_per_sec"], 1e-9)
-                print(
-                    f"step {step}/{steps} | loss {values['loss']:.4f} | probe acc "
-                    f"{values['probe_accuracy']:.3f} | {values['images_per_sec']:.0f} img/s | "
-                    f"ETA {_format_duration(eta)}",
-                    flush=True,
-                )
-        if step % config.checkpoint_every_steps == 0 or is_last:
-            checkpoint.save(manager, step, parallel.fetch(state))
-            last_saved = step
+                last_log_time, last_log_step = now, step
+                if knn_monitor and (step % config.eval.knn_every_steps == 0 or step == steps):
+                    values.update(knn_monitor.run(state))
+                    last_log_time = time.time()  # keep evaluation out of images/s
+                writer.write(step, values)
+                if is_chief:
+                    eta = (steps - step) * config.batch_size / max(values["images_per_sec"], 1e-9)
+                    print(
+                        f"step {step}/{steps} | loss {values['loss']:.4f} | probe acc "
+                        f"{values['probe_accuracy']:.3f} | {values['images_per_sec']:.0f} img/s "
+                        f"| ETA {_format_duration(eta)}",
+                        flush=True,
+                    )
+            if must_save:
+                try:
+                    checkpoint.save(manager, step, parallel.fetch(state))
+                except FloatingPointError as error:
+                    raise NonFiniteLossError(
+                        f"{error}; not saved. Last good checkpoint: step {last_saved} in "
+                        f"{checkpoint.checkpoint_dir(workdir)}."
+                    ) from error
+                last_saved = step
+            if stop_now:
+                stopped_by = stop.signal_name or "a signal on another process"
+                break
 
-    summary = {"step": int(step), "total_steps": steps}
+    summary: dict[str, Any] = {"step": int(step), "total_steps": steps}
+    if stopped_by is not None:
+        writer.close()
+        if is_chief:
+            print(
+                f"stopped by {stopped_by} after step {step}; checkpoint saved. Run the same "
+                "command to continue.",
+                flush=True,
+            )
+        return {**summary, "preempted": True}
     eval_batches = input_pipeline.eval_batches(
         data.dataset,
         data.eval_split,
@@ -294,9 +376,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write(int(step), {f"eval_{k}": v for k, v in summary.items() if "accuracy" in k})
     writer.close()
     if is_chief:
+        if config.eval.final_table and info.num_classes and jax.process_count() == 1:
+            summary["table"] = final_table(config, workdir)
+        summary["report"] = report.write_report(workdir)
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def linear_eval_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Keyword arguments of ``linear_eval.linear_evaluation`` from ``config.eval``."""
+    return dict(
+        epochs=config.eval.linear_epochs,
+        base_lr=config.eval.linear_base_lr,
+        batch_size=config.eval.linear_batch_size,
+        augment=config.eval.linear_augment,
+        lr_sweep=tuple(config.eval.lr_sweep) or None,
+        fine_tune=config.eval.fine_tune,
+        label_fraction=config.eval.label_fraction,
+        seed=config.seed,
+    )
+
+
+def final_table(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Linear + kNN evaluation of BYOL, a random-init encoder and raw pixels; printed and saved."""
+    data = config.data
+    table = baselines.evaluate_pretrained(
+        workdir,
+        dataset=data.dataset,
+        train_split=data.train_split,
+        test_split=data.eval_split,
+        data_dir=data.data_dir,
+        idx_dir=data.idx_dir,
+        out_file=os.path.join(workdir, "eval_table.json"),
+        linear=linear_eval_options(config),
+        knn_k=config.eval.knn_k,
+        knn_temperature=config.eval.knn_temperature,
+    )
+    print(baselines.format_table(table), flush=True)
+    return table
+
+
+def _knn_monitor(
+    config: ml_collections.ConfigDict, experiment: Experiment, num_classes: int
+) -> knn.KnnEvaluator | None:
+    if config.eval.knn_every_steps <= 0 or not num_classes or jax.process_count() > 1:
+        return None  # the kNN monitor holds both splits in one host's memory
+    data = config.data
+    load = functools.partial(
+        linear_eval.load_split,
+        data.dataset,
+        source_size=data.source_size,
+        data_dir=data.data_dir,
+        idx_dir=data.idx_dir,
+    )
+    return knn.KnnEvaluator(
+        experiment.online_net.encoder,
+        load(config.eval.knn_train_split),
+        load(config.eval.knn_test_split),
+        num_classes=num_classes,
+        image_size=data.image_size,
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+        crop_fraction=data.eval_crop_fraction,
+        k=config.eval.knn_k,
+        temperature=config.eval.knn_temperature,
+    )
 
 
 def _eval_batch_size(requested: int) -> int:

@@ -126,6 +126,19 @@ def validate_config(
     _check(config, "data.mean", lambda v: len(v) == 3, "three per-channel values")
     _check(config, "data.std", lambda v: len(v) == 3 and min(v) > 0, "three positive values")
     _check(config, "data.max_bad_records", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    log_every = config.log_every_steps
+    _check(
+        config,
+        "eval.knn_every_steps",
+        lambda v: _is_int(v) and v >= 0 and v % log_every == 0,
+        f"0 (off) or a positive multiple of log_every_steps ({log_every})",
+    )
+    _check(config, "eval.knn_k", lambda v: _is_int(v) and v > 0, "a positive integer")
+    _check(config, "eval.knn_temperature", lambda v: v > 0, "a number > 0")
+    _check(config, "eval.linear_epochs", lambda v: _is_int(v) and v > 0, "a positive integer")
+    _check(config, "eval.linear_base_lr", lambda v: v > 0, "a number > 0")
+    _check(config, "eval.linear_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
+    _check(config, "eval.label_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]")
     for key in ("augment.blur_prob", "augment.solarize_prob"):
         _check(
             config,

@@ -52,6 +52,22 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.max_bad_records = 0
     config.data.eval_batch_size = 512
 
+    # Evaluation: periodic kNN monitor, end-of-run table, and the --mode=linear_eval protocol.
+    config.eval = ml_collections.ConfigDict()
+    config.eval.knn_every_steps = 0  # 0 = off; kNN of the online encoder on the splits below
+    config.eval.knn_train_split = "train[:10000]"
+    config.eval.knn_test_split = "test[:2000]"
+    config.eval.knn_k = 200
+    config.eval.knn_temperature = 0.1
+    config.eval.final_table = False  # linear + kNN for BYOL, random init and raw pixels
+    config.eval.linear_epochs = 80
+    config.eval.linear_base_lr = 0.2  # scaled by linear_batch_size / 256
+    config.eval.linear_batch_size = 1024
+    config.eval.linear_augment = True  # paper protocol; False = features computed once
+    config.eval.lr_sweep = ()  # e.g. (0.4, 0.3, 0.2, 0.1, 0.05): chosen on a held-out 10%
+    config.eval.fine_tune = False
+    config.eval.label_fraction = 1.0  # semi-supervised subsets, e.g. 0.01 / 0.1
+
     # The paper's per-view probabilities; change only for ablations.
     config.augment = ml_collections.ConfigDict()
     config.augment.blur_prob = (1.0, 0.1)

@@ -34,7 +34,8 @@ def test_pretrain_from_idx_files_then_resume_reproduces_the_run(tmp_path):
     for record in train_records:
         for key in ("loss", "learning_rate", "tau", "images_per_sec", "probe_accuracy"):
             assert np.isfinite(record[key]), (key, record)
-    assert json.load(open(os.path.join(full, "config.json")))["batch_size"] == 16
+    with open(os.path.join(full, "config.json")) as f:
+        assert json.load(f)["batch_size"] == 16
     assert os.listdir(os.path.join(full, "tensorboard"))
     assert sorted(os.listdir(checkpoint.checkpoint_dir(full))) == ["3", "6"]
 

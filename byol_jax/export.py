@@ -1,0 +1,309 @@
+"""Take a pretrained encoder away: export it, load it as a function, embed a dataset split.
+
+An exported encoder is a directory with two files:
+
+* ``encoder.msgpack``: ``{"params": ..., "batch_stats": ...}`` of the online encoder alone,
+  serialized with ``flax.serialization`` (msgpack; never pickle), loadable without this package's
+  model code as a nested dict of NumPy arrays;
+* ``encoder.json``: the architecture and the input convention (encoder name, width, base_width,
+  stem, dtype, image_size, source_size, crop_fraction, mean, std, embedding_dim) plus the
+  pretraining step it came from.
+
+``load_encoder(path)`` accepts such a directory (or either file in it) or a pretraining workdir;
+from a workdir it reads ``config.json`` and restores only the online encoder's parameters and BN
+statistics from the newest Orbax checkpoint (no optimizer state, no target network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from byol_jax import checkpoint, input_pipeline, linear_eval, models, parallel
+
+ENCODER_FILE = "encoder.msgpack"
+SPEC_FILE = "encoder.json"
+FORMAT = "byol_jax.encoder.v1"
+
+
+class ExportError(ValueError):
+    """A path holds neither a pretraining workdir with checkpoints nor an exported encoder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+    """Architecture and input convention of an encoder (the content of ``encoder.json``)."""
+
+    encoder: str
+    width: int
+    base_width: int | None  # None: the variant's default
+    stem: str
+    dtype: str
+    image_size: int  # the encoder's input resolution
+    source_size: int  # host resize of the training pipeline (used by ``embed_split``)
+    crop_fraction: float  # central crop of the eval transform, before resizing to image_size
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    embedding_dim: int
+    step: int | None = None  # pretraining step of the weights
+
+    def build(self, conv_impl: str = "auto") -> models.ResNet:
+        """The encoder module (cross-device BN axis set, so it can also be fine-tuned)."""
+        if conv_impl == "auto":
+            # Both implementations share parameters; matmul is the fast one on CPU.
+            conv_impl = "matmul" if jax.default_backend() == "cpu" else "native"
+        return models.build_encoder(
+            self.encoder,
+            width=self.width,
+            base_width=self.base_width,
+            stem=self.stem,
+            axis_name=parallel.AXIS_NAME,
+            dtype=jnp.dtype(self.dtype),
+            conv_impl=conv_impl,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EncoderSpec:
+        if data.get("format") != FORMAT:
+            raise ExportError(f"unsupported encoder format {data.get('format')!r}; want {FORMAT}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        return cls(**values)
+
+
+def spec_from_config(config: Mapping[str, Any], step: int | None = None) -> EncoderSpec:
+    """The encoder spec of a pretraining config (``workdir/config.json`` as a dict)."""
+    model, data = config["model"], config["data"]
+    spec = EncoderSpec(
+        encoder=model["encoder"],
+        width=int(model["width"]),
+        base_width=int(model["base_width"]) or None,  # 0 keeps the variant's default
+        stem=model["stem"],
+        dtype=model["dtype"],
+        image_size=int(data["image_size"]),
+        source_size=int(data["source_size"]),
+        crop_fraction=float(data["eval_crop_fraction"]),
+        mean=tuple(float(m) for m in data["mean"]),
+        std=tuple(float(s) for s in data["std"]),
+        embedding_dim=0,
+        step=step,
+    )
+    return dataclasses.replace(spec, embedding_dim=models.embedding_dim(spec.build("native")))
+
+
+def encoder_variables(state: Any) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of the online encoder of a (host) TrainState or its dict."""
+    get = state.get if isinstance(state, Mapping) else lambda name: getattr(state, name)
+    return {
+        "params": get("online_params")["encoder"],
+        "batch_stats": get("online_batch_stats")["encoder"],
+    }
+
+
+def restore_encoder_variables(workdir: str, step: int | None = None) -> tuple[dict, int]:
+    """Online encoder variables (NumPy) of checkpoint ``step`` in ``workdir``.
+
+    Without ``step``: the newest checkpoint that can be read (a damaged newer one is skipped
+    with a warning, as when training resumes).
+    """
+    directory = checkpoint.checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        raise ExportError(f"{workdir} has no checkpoints directory ({directory})")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    # The PyTree handler reads StandardSave checkpoints and can restore a subtree only.
+    with ocp.CheckpointManager(
+        directory, options=options, item_handlers=ocp.PyTreeCheckpointHandler()
+    ) as manager:
+        steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+        if not steps:
+            raise ExportError(f"no checkpoint in {directory}; pretrain first")
+        failures = []
+        for candidate in steps:
+            try:
+                return encoder_variables(_restore_encoder_subtree(manager, candidate)), candidate
+            except Exception as error:  # Orbax/TensorStore raise many types for bad files.
+                failures.append(f"step {candidate}: {type(error).__name__}: {error}")
+                logging.warning("cannot read checkpoint %s: %s", candidate, failures[-1])
+    raise ExportError(f"no readable checkpoint in {directory} ({'; '.join(failures)})")
+
+
+def _restore_encoder_subtree(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    tree = manager.item_metadata(step).tree
+    wanted = {
+        name: {"encoder": tree[name]["encoder"]} for name in ("online_params", "online_batch_stats")
+    }
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+    return manager.restore(
+        step,
+        args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
+    )
+
+
+def _read_spec_file(directory: str) -> EncoderSpec:
+    with open(os.path.join(directory, SPEC_FILE)) as f:
+        return EncoderSpec.from_json(json.load(f))
+
+
+def _resolve(path: str) -> tuple[str, str]:
+    """(kind, directory) of ``path``: kind is "export" or "workdir"."""
+    path = os.fspath(path)
+    if os.path.isfile(path) and os.path.basename(path) in (ENCODER_FILE, SPEC_FILE):
+        path = os.path.dirname(path) or "."
+    if os.path.isfile(os.path.join(path, SPEC_FILE)):
+        return "export", path
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return "workdir", path
+    raise ExportError(
+        f"{path} is neither an exported encoder ({SPEC_FILE} + {ENCODER_FILE}) nor a "
+        "pretraining workdir (config.json + checkpoints/)"
+    )
+
+
+def read_encoder(
+    path: str, *, step: int | None = None, conv_impl: str = "auto"
+) -> tuple[models.ResNet, dict[str, Any], EncoderSpec]:
+    """(encoder module, ``{"params", "batch_stats"}``, spec) from a workdir or an export.
+
+    ``step`` picks a checkpoint of a workdir (default: newest); exports hold one step.
+    """
+    kind, directory = _resolve(path)
+    if kind == "export":
+        spec = _read_spec_file(directory)
+        with open(os.path.join(directory, ENCODER_FILE), "rb") as f:
+            variables = flax.serialization.msgpack_restore(f.read())
+    else:
+        with open(os.path.join(directory, "config.json")) as f:
+            config = json.load(f)
+        variables, restored_step = restore_encoder_variables(directory, step)
+        spec = spec_from_config(config, step=restored_step)
+    return spec.build(conv_impl), dict(variables), spec
+
+
+def export_encoder(workdir: str, out_dir: str, *, step: int | None = None) -> str:
+    """Write ``out_dir/encoder.msgpack`` and ``out_dir/encoder.json``; returns ``out_dir``."""
+    _, variables, spec = read_encoder(workdir, step=step)
+    os.makedirs(out_dir, exist_ok=True)
+    payload = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))
+    # Write-then-rename so a reader never sees a half-written file.
+    for name, content, mode in (
+        (ENCODER_FILE, payload, "wb"),
+        (SPEC_FILE, json.dumps(spec.to_json(), indent=2) + "\n", "w"),
+    ):
+        target = os.path.join(out_dir, name)
+        with open(target + ".tmp", mode) as f:
+            f.write(content)
+        os.replace(target + ".tmp", target)
+    return out_dir
+
+
+def _as_image_batch(images: Any) -> np.ndarray:
+    """float32 RGB [N, H, W, 3] in [0, 1] from uint8/float, 1- or 3-channel, NHWC or NHW.
+
+    Converted on the host (exactly as ``augment.to_float``/``to_rgb`` would on the device), so
+    every input kind shares one compiled encoder per image size.
+    """
+    x = np.asarray(images)
+    if x.ndim == 3:  # [N, H, W]: grayscale without a channel axis
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected images [N, H, W, C] with C in (1, 3), got shape {x.shape}")
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise ValueError("integer images must lie in [0, 255]")
+        x = x.astype(np.float32) / np.float32(255.0)
+    x = x.astype(np.float32)  # floats are taken to be in [0, 1]
+    return np.broadcast_to(x, (*x.shape[:3], 3)) if x.shape[-1] == 1 else x
+
+
+def load_encoder(
+    path: str, *, batch_size: int = 256, step: int | None = None, conv_impl: str = "auto"
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from images to float32 NumPy embeddings [N, embedding_dim].
+
+    Images: [N, H, W, C] (C 1 or 3; [N, H, W] is read as grayscale), uint8 in [0, 255] or float
+    in [0, 1], any N and any H, W. They get the eval transform of pretraining: central crop of
+    ``crop_fraction`` of the shorter side, bicubic resize to ``image_size``, normalization; the
+    encoder runs in inference mode with its BN moving averages. Images at the training source
+    size reproduce the embeddings of pretraining's evaluation exactly. The function carries
+    ``spec`` (an ``EncoderSpec``) as an attribute.
+    """
+    encoder, variables, spec = read_encoder(path, step=step, conv_impl=conv_impl)
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        batch = _as_image_batch(images)
+        if batch.shape[0] == 0:
+            return np.zeros((0, spec.embedding_dim), np.float32)
+        return linear_eval.encode_images(
+            encoder,
+            variables,
+            batch,
+            image_size=spec.image_size,
+            crop_fraction=spec.crop_fraction,
+            mean=spec.mean,
+            std=spec.std,
+            batch_size=batch_size,
+        )
+
+    embed.spec = spec  # type: ignore[attr-defined]
+    return embed
+
+
+def embed_split(
+    path: str,
+    dataset: str,
+    split: str,
+    out_path: str,
+    *,
+    data_dir: str | None = None,
+    idx_dir: str = input_pipeline.DEFAULT_IDX_DIR,
+    batch_size: int = 256,
+    save_labels: bool = True,
+) -> dict[str, Any]:
+    """Embed every example of a tfds/IDX split and ``np.save`` them to ``out_path`` [N, D].
+
+    Labels go next to it as ``<out_path stem>_labels.npy`` unless ``save_labels`` is False.
+    Returns the written paths and the array shape.
+    """
+    encoder, variables, spec = read_encoder(path)
+    batches = input_pipeline.eval_batches(
+        dataset,
+        split,
+        data_dir=data_dir,
+        batch_size=linear_eval.device_multiple(batch_size),
+        source_size=spec.source_size,
+        idx_dir=idx_dir,
+    )
+    features, labels = linear_eval.encode_batches(
+        encoder,
+        variables,
+        batches,
+        image_size=spec.image_size,
+        crop_fraction=spec.crop_fraction,
+        mean=spec.mean,
+        std=spec.std,
+    )
+    if not out_path.endswith(".npy"):
+        out_path += ".npy"
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    np.save(out_path, features)
+    result: dict[str, Any] = {"embeddings": out_path, "shape": list(features.shape)}
+    if save_labels:
+        labels_path = out_path[: -len(".npy")] + "_labels.npy"
+        np.save(labels_path, labels)
+        result["labels"] = labels_path
+    return result

@@ -1,0 +1,816 @@
+"""Linear evaluation and fine-tuning of a pretrained encoder (BYOL paper, appendix C.1/C.2).
+
+Protocol (the defaults of ``linear_evaluation``):
+
+* the encoder is frozen and runs in inference mode (BatchNorm moving averages); a linear layer
+  (zero-initialized, as in the released code) is trained on its pooled features;
+* SGD with Nesterov momentum 0.9, no weight decay, peak LR ``base_lr * batch_size / 256``
+  (``base_lr`` 0.2) decayed to 0 with a cosine over all steps;
+* training images get a random resized crop + horizontal flip (``augment.random_crop_flip``),
+  test images the deterministic centre crop (``augment.center_crop_resize``);
+* optionally the paper's LR sweep: every ``base_lr`` of ``lr_sweep`` is trained on the train split
+  minus a held-out part and scored on that part; the best one is retrained on the full train split
+  and only that run touches the test split.
+
+``fine_tune=True`` takes the same code path with the encoder parameters added to the trained
+variables and BatchNorm in training mode with statistics over all devices (the semi-supervised
+setting; ``label_fraction`` keeps a class-balanced subset of the labels, e.g. 0.01 or 0.1).
+
+Two ways to feed the classifier:
+
+* default (``augment=True``): every step draws new crops, so the frozen encoder runs forward on
+  every step (the paper's protocol; costs one encoder forward per image per epoch);
+* fast path (``augment=False`` and frozen): training images then get the test-time centre crop,
+  so the features do not change between epochs and are computed once (``encode_images``); all
+  epochs then train the linear layer on the stored features. The result is exactly what the slow
+  path would compute for unaugmented inputs, at a fraction of the cost on CPU.
+
+Everything is mapped over the local devices with ``parallel.map_function`` (one host; for
+multi-host runs the caller must hand each process identical arrays). Many steps run inside one
+compiled call (``lax.scan``), so tiny linear steps on precomputed features do not pay a Python
+dispatch each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from byol_jax import augment, evaluate, input_pipeline, parallel
+
+PAPER_LR_SWEEP: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1, 0.05)
+MOMENTUM = 0.9
+
+
+class LabeledImages(NamedTuple):
+    """A labelled split held in host memory: uint8 (or [0, 1] float) NHWC images, int labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class PixelEncoder(nn.Module):
+    """The raw-pixel "encoder": flattens the normalized view (a baseline for linear eval/kNN)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+def load_split(
+    dataset: str,
+    split: str,
+    *,
+    source_size: int,
+    data_dir: str | None = None,
+    idx_dir: str = input_pipeline.DEFAULT_IDX_DIR,
+    batch_size: int = 1000,
+) -> LabeledImages:
+    """Read a whole split into host memory (uint8 [N, S, S, 3] images and int32 labels).
+
+    Meant for datasets of up to a few hundred thousand small images (Fashion-MNIST, CIFAR,
+    STL-10); ImageNet does not fit and needs a streaming evaluator.
+    """
+    images, labels = [], []
+    for batch in input_pipeline.eval_batches(
+        dataset,
+        split,
+        data_dir=data_dir,
+        batch_size=batch_size,
+        source_size=source_size,
+        idx_dir=idx_dir,
+    ):
+        keep = batch["mask"]
+        images.append(batch["image"][keep])
+        labels.append(batch["label"][keep])
+    return LabeledImages(np.concatenate(images), np.concatenate(labels).astype(np.int32))
+
+
+def label_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a class-balanced ``fraction`` of the labelled examples (>= 1 per class).
+
+    Unlabelled examples (label < 0) are never selected.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cls in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == cls)
+        count = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.permutation(members)[:count])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def _padded_batches(
+    arrays: Mapping[str, np.ndarray], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of exactly ``batch_size`` with a ``mask``; the last one padded with zeros."""
+    count = len(next(iter(arrays.values())))
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        pad = batch_size - (stop - start)
+        batch = {
+            name: np.concatenate([a[start:stop], np.zeros((pad, *a.shape[1:]), a.dtype)])
+            for name, a in arrays.items()
+        }
+        batch["mask"] = np.arange(batch_size) < stop - start
+        yield batch
+
+
+def device_multiple(size: int) -> int:
+    """``size`` rounded up to a multiple of the local device count (a mapped batch size)."""
+    devices = parallel.local_device_count()
+    return max(devices, int(math.ceil(size / devices)) * devices)
+
+
+def _unshard(x: jax.Array) -> np.ndarray:
+    """[devices, per-device, ...] output of a mapped function → host [devices * per-device, ...]."""
+    x = np.asarray(x)
+    return x.reshape(-1, *x.shape[2:])
+
+
+# ---- feature extraction --------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _mapped_encoder(
+    encoder: nn.Module,
+    image_size: int,
+    crop_fraction: float,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> Callable:
+    # Cached so that repeated calls (e.g. periodic kNN during pretraining) compile once.
+    def encode(variables: Any, images: jax.Array) -> jax.Array:
+        views = evaluate.eval_views(
+            images, image_size=image_size, crop_fraction=crop_fraction, mean=mean, std=std
+        )
+        return encoder.apply(variables, views, train=False).astype(jnp.float32)
+
+    return parallel.map_function(encode)
+
+
+def encode_batches(
+    encoder: nn.Module,
+    variables: Mapping[str, Any],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    image_size: int,
+    crop_fraction: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every unmasked example of ``batches`` (eval transform, BN stats).
+
+    ``batches`` yields host dicts with ``image`` (and optionally ``label``/``mask``) whose size is
+    a multiple of the local device count (``input_pipeline.eval_batches`` with such a size).
+    """
+    fn = _mapped_encoder(encoder, image_size, float(crop_fraction), tuple(mean), tuple(std))
+    replicated = parallel.replicate(dict(variables))
+    features, labels = [], []
+    for batch in batches:
+        keep = np.asarray(batch.get("mask", np.ones(len(batch["image"]), bool)))
+        out = _unshard(fn(replicated, parallel.shard_batch(np.asarray(batch["image"]))))
+        features.append(out[keep])
+        label = batch.get("label", np.full(len(keep), -1, np.int32))
+        labels.append(np.asarray(label)[keep])
+    if not features:
+        raise ValueError("no batches to encode")
+    return np.concatenate(features), np.concatenate(labels).astype(np.int32)
+
+
+def encode_images(
+    encoder: nn.Module,
+    variables: Mapping[str, Any],
+    images: np.ndarray,
+    *,
+    image_size: int,
+    crop_fraction: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Pooled features [N, D] of host images [N, H, W, C] (any N, uint8 or [0, 1] float)."""
+    batches = _padded_batches({"image": np.asarray(images)}, device_multiple(batch_size))
+    features, _ = encode_batches(
+        encoder,
+        variables,
+        batches,
+        image_size=image_size,
+        crop_fraction=crop_fraction,
+        mean=mean,
+        std=std,
+    )
+    return features
+
+
+def feature_dim(encoder: nn.Module, variables: Mapping[str, Any], image_size: int) -> int:
+    """Width of the encoder's output for ``image_size`` RGB inputs (no computation)."""
+    dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    out = jax.eval_shape(lambda v, x: encoder.apply(v, x, train=False), dict(variables), dummy)
+    return int(out.shape[-1])
+
+
+# ---- the classifier ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Static (hashable) description of one evaluator; keys the compilation cache."""
+
+    head: nn.Module
+    encoder: nn.Module | None  # None: the inputs are precomputed features
+    image_size: int
+    crop_fraction: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool
+    fine_tune: bool
+    weight_decay: float
+    seed: int
+    top_k: int
+
+
+@flax.struct.dataclass
+class ClassifierState:
+    """Linear head (and, when fine-tuning, encoder) being trained, with its optimizer state."""
+
+    step: jax.Array
+    total_steps: jax.Array  # traced, so runs of different lengths share one compilation
+    peak_lr: jax.Array  # traced, so an LR sweep compiles once
+    head_params: Any
+    encoder_params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def _optimizer(weight_decay: float) -> optax.GradientTransformation:
+    # SGD + Nesterov momentum without the LR: the cosine LR is applied in the step, after the
+    # momentum trace (as optax.sgd and PyTorch do), from the traced peak LR.
+    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    return optax.chain(*parts, optax.trace(decay=MOMENTUM, nesterov=True))
+
+
+def _trainable(state: ClassifierState, fine_tune: bool) -> dict[str, Any]:
+    trainable = {"head": state.head_params}
+    if fine_tune:
+        trainable["encoder"] = state.encoder_params
+    return trainable
+
+
+def _represent(
+    spec: _Spec,
+    encoder_params: Any,
+    batch_stats: Any,
+    inputs: jax.Array,
+    *,
+    train: bool,
+    step: jax.Array,
+) -> tuple[jax.Array, Any]:
+    """Features of a local batch (and the new BN statistics when fine-tuning)."""
+    if spec.encoder is None:
+        return inputs.astype(jnp.float32), batch_stats
+    if train and spec.augment:
+        # Per-example keys from (seed, step, global example index): independent of the layout.
+        key = jax.random.fold_in(jax.random.key(spec.seed), step)
+        index = parallel.global_example_index(inputs.shape[0])
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+        crop = functools.partial(augment.random_crop_flip, out_size=spec.image_size)
+        views = augment.normalize(jax.vmap(crop)(keys, inputs), spec.mean, spec.std)
+    else:
+        views = evaluate.eval_views(
+            inputs,
+            image_size=spec.image_size,
+            crop_fraction=spec.crop_fraction,
+            mean=spec.mean,
+            std=spec.std,
+        )
+    variables = {"params": encoder_params, "batch_stats": batch_stats}
+    if train and spec.fine_tune:
+        features, updates = spec.encoder.apply(
+            variables, views, train=True, mutable=["batch_stats"]
+        )
+        return features.astype(jnp.float32), updates.get("batch_stats", batch_stats)
+    return spec.encoder.apply(variables, views, train=False).astype(jnp.float32), batch_stats
+
+
+def _cosine_lr(state: ClassifierState) -> jax.Array:
+    progress = jnp.minimum(state.step, state.total_steps) / jnp.maximum(state.total_steps, 1)
+    return state.peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
+def _train_step(
+    state: ClassifierState, batch: dict[str, jax.Array], *, spec: _Spec
+) -> tuple[ClassifierState, jax.Array]:
+    def loss_fn(trainable):
+        encoder_params = trainable.get("encoder", state.encoder_params)
+        features, new_stats = _represent(
+            spec, encoder_params, state.batch_stats, batch["inputs"], train=True, step=state.step
+        )
+        if not spec.fine_tune:
+            features = jax.lax.stop_gradient(features)  # frozen: no backward pass into it
+        logits = spec.head.apply({"params": trainable["head"]}, features)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, new_stats
+
+    trainable = _trainable(state, spec.fine_tune)
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    # Equal local batches: the mean of local means is the global-batch gradient.
+    grads = parallel.mean_over_devices(grads)
+    updates, opt_state = _optimizer(spec.weight_decay).update(grads, state.opt_state, trainable)
+    lr = _cosine_lr(state)
+    trainable = jax.tree.map(lambda p, u: p - lr * u, trainable, updates)
+    new_state = state.replace(
+        step=state.step + 1,
+        head_params=trainable["head"],
+        encoder_params=trainable.get("encoder", state.encoder_params),
+        batch_stats=new_stats,
+        opt_state=opt_state,
+    )
+    # Padding steps at the end of the last chunk leave the state untouched.
+    new_state = jax.tree.map(lambda n, o: jnp.where(batch["valid"], n, o), new_state, state)
+    return new_state, parallel.mean_over_devices(loss)
+
+
+def _train_chunk(
+    state: ClassifierState, chunk: dict[str, jax.Array], *, spec: _Spec
+) -> tuple[ClassifierState, jax.Array]:
+    return jax.lax.scan(functools.partial(_train_step, spec=spec), state, chunk)
+
+
+def _eval_counts(
+    state: ClassifierState, batch: dict[str, jax.Array], *, spec: _Spec
+) -> dict[str, jax.Array]:
+    features, _ = _represent(
+        spec, state.encoder_params, state.batch_stats, batch["inputs"], train=False, step=state.step
+    )
+    logits = spec.head.apply({"params": state.head_params}, features)
+    labels = batch["label"]
+    valid = batch["mask"] & (labels >= 0)
+    top = jax.lax.top_k(logits, spec.top_k)[1]
+    top1 = (top[:, 0] == labels) & valid
+    topk = jnp.any(top == labels[:, None], axis=-1) & valid
+    return parallel.sum_over_devices(
+        {"top1": jnp.sum(top1), "top5": jnp.sum(topk), "count": jnp.sum(valid)}
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _mapped_fns(spec: _Spec) -> tuple[Callable, Callable]:
+    train = parallel.map_function(functools.partial(_train_chunk, spec=spec), donate_argnums=(0,))
+    count = parallel.map_function(functools.partial(_eval_counts, spec=spec))
+    return train, count
+
+
+def _init_state(
+    spec: _Spec,
+    encoder_variables: Mapping[str, Any],
+    dim: int,
+    *,
+    peak_lr: float,
+    total_steps: int,
+) -> ClassifierState:
+    head_params = spec.head.init(jax.random.key(spec.seed), jnp.zeros((1, dim), jnp.float32))
+    state = ClassifierState(
+        step=jnp.zeros((), jnp.int32),
+        total_steps=jnp.asarray(total_steps, jnp.int32),
+        peak_lr=jnp.asarray(peak_lr, jnp.float32),
+        head_params=head_params["params"],
+        encoder_params=encoder_variables.get("params", {}),
+        batch_stats=encoder_variables.get("batch_stats", {}),
+        opt_state=None,
+    )
+    return state.replace(
+        opt_state=_optimizer(spec.weight_decay).init(_trainable(state, spec.fine_tune))
+    )
+
+
+def _step_indices(
+    num_examples: int, batch_size: int, epochs: int, seed: int
+) -> Iterator[np.ndarray]:
+    """Example indices of each step: a fresh permutation per epoch, remainder dropped."""
+    steps_per_epoch = num_examples // batch_size
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+        for step in range(steps_per_epoch):
+            yield order[step * batch_size : (step + 1) * batch_size]
+
+
+def _chunk_to_devices(
+    inputs: np.ndarray, labels: np.ndarray, steps: list[np.ndarray], chunk_steps: int
+) -> dict[str, jax.Array]:
+    """Host batches of ``chunk_steps`` steps → per-device [chunk, local batch, ...] arrays."""
+    devices = parallel.local_device_count()
+    valid = np.arange(chunk_steps) < len(steps)
+    steps = steps + [steps[0]] * (chunk_steps - len(steps))  # padding steps, masked by valid
+    index = np.stack(steps)  # [K, B]
+    k, b = index.shape
+
+    def layout(x: np.ndarray) -> np.ndarray:
+        # [K, B, ...] → [D*K, B/D, ...] so that shard_batch hands device d its [K, B/D] slice
+        # of every step (examples d*B/D ... (d+1)*B/D - 1, as global_example_index assumes).
+        x = x.reshape(k, devices, b // devices, *x.shape[2:]).swapaxes(0, 1)
+        return x.reshape(devices * k, b // devices, *x.shape[3:])
+
+    chunk = {"inputs": layout(inputs[index]), "label": layout(labels[index])}
+    sharded = parallel.shard_batch(chunk)
+    sharded["valid"] = parallel.shard_batch(np.tile(valid, devices))
+    return sharded
+
+
+def _fit(
+    spec: _Spec,
+    encoder_variables: Mapping[str, Any],
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    dim: int,
+    *,
+    peak_lr: float,
+    epochs: int,
+    batch_size: int,
+    steps_per_call: int,
+) -> Any:
+    """Train from scratch; returns the replicated final state."""
+    total = epochs * (len(inputs) // batch_size)
+    state = parallel.replicate(
+        _init_state(spec, encoder_variables, dim, peak_lr=peak_lr, total_steps=total)
+    )
+    train_fn, _ = _mapped_fns(spec)
+    chunk_steps = max(1, min(steps_per_call, total))
+    steps = _step_indices(len(inputs), batch_size, epochs, spec.seed)
+    done, start, last_log = 0, time.time(), time.time()
+    while done < total:
+        block = [next(steps) for _ in range(min(chunk_steps, total - done))]
+        state, losses = train_fn(state, _chunk_to_devices(inputs, labels, block, chunk_steps))
+        done += len(block)
+        if time.time() - last_log > 30 or done == total:
+            loss = float(parallel.fetch(losses)[len(block) - 1])
+            elapsed = time.time() - start
+            logging.info("linear eval step %d/%d loss %.4f (%.0fs)", done, total, loss, elapsed)
+            last_log = time.time()
+    return state
+
+
+def _accuracy(
+    spec: _Spec, state: Any, inputs: np.ndarray, labels: np.ndarray, batch_size: int
+) -> dict[str, float]:
+    _, count_fn = _mapped_fns(spec)
+    totals = {"top1": 0, "top5": 0, "count": 0}
+    for batch in _padded_batches({"inputs": inputs, "label": labels}, batch_size):
+        counts = parallel.fetch(count_fn(state, parallel.shard_batch(batch)))
+        for name in totals:
+            totals[name] += int(counts[name])
+    count = max(totals["count"], 1)
+    return {"top1": totals["top1"] / count, "top5": totals["top5"] / count}
+
+
+def _effective_batch(batch_size: int, num_examples: int) -> int:
+    """The global batch: a multiple of the device count, no larger than the training set."""
+    devices = parallel.local_device_count()
+    batch = min(batch_size, num_examples) // devices * devices
+    if batch < devices:
+        raise ValueError(
+            f"{num_examples} training examples cannot fill a batch over {devices} devices"
+        )
+    return batch
+
+
+def _evaluate(
+    spec: _Spec,
+    encoder_variables: Mapping[str, Any],
+    train_inputs: np.ndarray,
+    train_labels: np.ndarray,
+    test_inputs: np.ndarray,
+    test_labels: np.ndarray,
+    dim: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    base_lr: float,
+    lr_sweep: Sequence[float] | None,
+    holdout_fraction: float,
+    label_fraction: float,
+    eval_batch_size: int,
+    steps_per_call: int,
+    settings: dict[str, Any],
+    return_variables: bool = False,
+) -> dict[str, Any]:
+    """Shared driver of ``linear_evaluation`` and ``linear_evaluation_on_features``."""
+    batch = _effective_batch(batch_size, len(train_inputs))
+    eval_batch = device_multiple(eval_batch_size)
+    fit = functools.partial(
+        _fit,
+        spec,
+        encoder_variables,
+        dim=dim,
+        epochs=epochs,
+        batch_size=batch,
+        steps_per_call=steps_per_call,
+    )
+    sweep: dict[str, float] = {}
+    if lr_sweep:
+        # Held-out part of train (never the test split) selects the base LR.
+        order = np.random.default_rng(spec.seed + 1).permutation(len(train_inputs))
+        held = max(1, int(round(holdout_fraction * len(order))))
+        held_idx, fit_idx = np.sort(order[:held]), np.sort(order[held:])
+        fit_batch = _effective_batch(batch_size, len(fit_idx))
+        for lr in lr_sweep:
+            state = fit(
+                train_inputs[fit_idx],
+                train_labels[fit_idx],
+                peak_lr=lr * fit_batch / 256,
+                batch_size=fit_batch,
+            )
+            result = _accuracy(
+                spec, state, train_inputs[held_idx], train_labels[held_idx], eval_batch
+            )
+            sweep[str(lr)] = result["top1"]
+            logging.info("linear eval sweep: base_lr %g → held-out top-1 %.4f", lr, result["top1"])
+        # max keeps the first of equal scores: ties go to the earlier (listed first) LR.
+        base_lr = float(max(lr_sweep, key=lambda lr: sweep[str(lr)]))
+
+    state = fit(train_inputs, train_labels, peak_lr=base_lr * batch / 256)
+    result = _accuracy(spec, state, test_inputs, test_labels, eval_batch)
+    out: dict[str, Any] = {
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "num_train_examples": int(len(train_inputs)),
+        "num_test_examples": int(np.sum(test_labels >= 0)),
+        "settings": {
+            **settings,
+            "epochs": epochs,
+            "batch_size": batch,
+            "base_lr": base_lr,
+            "learning_rate": base_lr * batch / 256,
+            "lr_schedule": "cosine",
+            "optimizer": f"sgd_nesterov_momentum_{MOMENTUM}",
+            "weight_decay": spec.weight_decay,
+            "top_k": spec.top_k,
+            "label_fraction": label_fraction,
+            "lr_sweep": list(lr_sweep) if lr_sweep else None,
+            "holdout_fraction": holdout_fraction if lr_sweep else None,
+            "seed": spec.seed,
+        },
+    }
+    if sweep:
+        out["sweep_holdout_top1"] = sweep
+    if return_variables:
+        # Host copies of the trained head (and the fine-tuned encoder), for reuse.
+        out["head_params"] = parallel.fetch(state.head_params)
+        out["encoder_variables"] = {
+            "params": parallel.fetch(state.encoder_params),
+            "batch_stats": parallel.fetch(state.batch_stats),
+        }
+    return out
+
+
+def _labelled(labels: np.ndarray, label_fraction: float, seed: int) -> np.ndarray:
+    if label_fraction < 1.0:
+        return label_subset(labels, label_fraction, seed)
+    return np.flatnonzero(np.asarray(labels) >= 0)
+
+
+def _check_common(epochs: int, num_classes: int) -> None:
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if num_classes < 2:
+        raise ValueError(f"linear evaluation needs >= 2 classes, got {num_classes}")
+
+
+def linear_evaluation(
+    encoder: nn.Module,
+    encoder_variables: Mapping[str, Any],
+    train: LabeledImages,
+    test: LabeledImages,
+    *,
+    num_classes: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_fraction: float = 1.0,
+    epochs: int = 80,
+    batch_size: int = 1024,
+    base_lr: float = 0.2,
+    lr_sweep: Sequence[float] | None = None,
+    holdout_fraction: float = 0.1,
+    augment: bool = True,
+    fine_tune: bool = False,
+    label_fraction: float = 1.0,
+    weight_decay: float = 0.0,
+    eval_batch_size: int = 512,
+    steps_per_call: int = 50,
+    feature_batch_size: int = 512,
+    seed: int = 0,
+    return_variables: bool = False,
+) -> dict[str, Any]:
+    """Train a linear classifier on ``encoder`` features of ``train``; top-1/top-5 on ``test``.
+
+    ``encoder_variables``: ``{"params": ..., "batch_stats": ...}`` of the encoder alone (for a
+    pretraining state: ``online_params["encoder"]`` and ``online_batch_stats["encoder"]``). The
+    encoder module must be built with ``axis_name=parallel.AXIS_NAME`` for ``fine_tune``.
+    ``batch_size`` is global (rounded down to a multiple of the device count and to at most the
+    training-set size); the peak LR is ``base_lr * batch_size / 256``. ``lr_sweep`` (e.g.
+    ``PAPER_LR_SWEEP``) selects ``base_lr`` on a ``holdout_fraction`` of train. ``augment=False``
+    (frozen only) precomputes the features once (see the module docstring).
+
+    Returns ``{"top1", "top5", "num_train_examples", "num_test_examples", "settings", ...}``
+    with ``sweep_holdout_top1`` when sweeping. ``return_variables=True`` adds the trained
+    ``head_params`` and ``encoder_variables`` (the fine-tuned encoder when ``fine_tune``; empty
+    on the precomputed-features path) as NumPy trees, which are not JSON-serializable.
+    """
+    _check_common(epochs, num_classes)
+    keep = _labelled(train.labels, label_fraction, seed)
+    train_images, train_labels = np.asarray(train.images)[keep], np.asarray(train.labels)[keep]
+    train_labels = train_labels.astype(np.int32)
+    test_images, test_labels = np.asarray(test.images), np.asarray(test.labels).astype(np.int32)
+    variables = dict(encoder_variables)
+    precompute = not augment and not fine_tune
+    spec = _Spec(
+        head=nn.Dense(num_classes, kernel_init=nn.initializers.zeros, name="head"),
+        encoder=None if precompute else encoder,
+        image_size=int(image_size),
+        crop_fraction=float(crop_fraction),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        augment=bool(augment),
+        fine_tune=bool(fine_tune),
+        weight_decay=float(weight_decay),
+        seed=int(seed),
+        top_k=min(5, num_classes),
+    )
+    if precompute:
+        encode = functools.partial(
+            encode_images,
+            encoder,
+            variables,
+            image_size=image_size,
+            crop_fraction=crop_fraction,
+            mean=mean,
+            std=std,
+            batch_size=feature_batch_size,
+        )
+        start = time.time()
+        train_inputs, test_inputs = encode(train_images), encode(test_images)
+        count, elapsed = len(train_inputs) + len(test_inputs), time.time() - start
+        logging.info("linear eval: features of %d images in %.0fs", count, elapsed)
+        dim, variables = train_inputs.shape[1], {}
+    else:
+        train_inputs, test_inputs = train_images, test_images
+        dim = feature_dim(encoder, variables, image_size)
+    return _evaluate(
+        spec,
+        variables,
+        train_inputs,
+        train_labels,
+        test_inputs,
+        test_labels,
+        dim,
+        epochs=epochs,
+        batch_size=batch_size,
+        base_lr=base_lr,
+        lr_sweep=lr_sweep,
+        holdout_fraction=holdout_fraction,
+        label_fraction=label_fraction,
+        eval_batch_size=eval_batch_size,
+        steps_per_call=steps_per_call,
+        settings={
+            "mode": "fine_tune" if fine_tune else "linear",
+            "augment": bool(augment),
+            "precomputed_features": precompute,
+            "image_size": int(image_size),
+            "crop_fraction": float(crop_fraction),
+        },
+        return_variables=return_variables,
+    )
+
+
+def linear_evaluation_on_features(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    num_classes: int,
+    epochs: int = 80,
+    batch_size: int = 1024,
+    base_lr: float = 0.2,
+    lr_sweep: Sequence[float] | None = None,
+    holdout_fraction: float = 0.1,
+    label_fraction: float = 1.0,
+    weight_decay: float = 0.0,
+    eval_batch_size: int = 4096,
+    steps_per_call: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The same linear classifier and protocol on fixed feature vectors [N, D].
+
+    What ``linear_evaluation(augment=False)`` runs after encoding; also the entry point for
+    features computed elsewhere (e.g. by ``export.embed_split``).
+    """
+    _check_common(epochs, num_classes)
+    keep = _labelled(train_labels, label_fraction, seed)
+    spec = _Spec(
+        head=nn.Dense(num_classes, kernel_init=nn.initializers.zeros, name="head"),
+        encoder=None,
+        image_size=0,
+        crop_fraction=1.0,
+        mean=(),
+        std=(),
+        augment=False,
+        fine_tune=False,
+        weight_decay=float(weight_decay),
+        seed=int(seed),
+        top_k=min(5, num_classes),
+    )
+    train_features = np.asarray(train_features, np.float32)
+    return _evaluate(
+        spec,
+        {},
+        train_features[keep],
+        np.asarray(train_labels, np.int32)[keep],
+        np.asarray(test_features, np.float32),
+        np.asarray(test_labels, np.int32),
+        train_features.shape[1],
+        epochs=epochs,
+        batch_size=batch_size,
+        base_lr=base_lr,
+        lr_sweep=lr_sweep,
+        holdout_fraction=holdout_fraction,
+        label_fraction=label_fraction,
+        eval_batch_size=eval_batch_size,
+        steps_per_call=steps_per_call,
+        settings={"mode": "linear", "augment": False, "precomputed_features": True},
+    )
+
+
+def evaluate_pretrained(
+    path: str,
+    *,
+    dataset: str,
+    train_split: str = "train",
+    test_split: str = "test",
+    data_dir: str | None = None,
+    idx_dir: str = input_pipeline.DEFAULT_IDX_DIR,
+    out_file: str | None = None,
+    step: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``linear_evaluation`` of the encoder in a pretraining workdir or export directory.
+
+    Loads both splits at the pretraining source size, evaluates with ``options`` (any keyword of
+    ``linear_evaluation``) and, when ``out_file`` is given, writes the result there as JSON.
+    The number of classes is taken from the train split.
+    """
+    from byol_jax import export  # export imports this module: import lazily
+
+    encoder, variables, spec = export.read_encoder(path, step=step)
+    load = functools.partial(
+        load_split, dataset, source_size=spec.source_size, data_dir=data_dir, idx_dir=idx_dir
+    )
+    train, test = load(train_split), load(test_split)
+    num_classes = int(np.max(train.labels)) + 1
+    result = linear_evaluation(
+        encoder,
+        variables,
+        train,
+        test,
+        num_classes=num_classes,
+        image_size=spec.image_size,
+        crop_fraction=spec.crop_fraction,
+        mean=spec.mean,
+        std=spec.std,
+        **options,
+    )
+    result["settings"].update(
+        encoder=spec.encoder,
+        pretraining_step=spec.step,
+        dataset=dataset,
+        train_split=train_split,
+        test_split=test_split,
+    )
+    if out_file:
+        serializable = {
+            k: v for k, v in result.items() if k not in ("head_params", "encoder_variables")
+        }
+        with open(out_file, "w") as f:
+            json.dump(serializable, f, indent=2)
+    return result

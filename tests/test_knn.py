@@ -1,0 +1,82 @@
+"""Weighted kNN against a brute-force NumPy implementation."""
+
+import numpy as np
+import pytest
+
+from byol_jax import knn, linear_eval
+
+
+def _brute_force_scores(train, labels, queries, *, num_classes, k, temperature):
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    scores = np.zeros((len(queries), num_classes))
+    for q, query in enumerate(queries.astype(np.float64)):
+        sims = train.astype(np.float64) @ query
+        for i in np.argsort(-sims)[:k]:
+            scores[q, labels[i]] += np.exp(sims[i] / temperature)
+    return scores
+
+
+@pytest.mark.parametrize("k, temperature", [(20, 0.1), (1, 0.5), (500, 0.07)])
+def test_scores_match_brute_force(k, temperature):
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(300, 12)).astype(np.float32) * rng.uniform(0.5, 3, (300, 1))
+    labels = rng.integers(0, 6, 300)
+    queries = rng.normal(size=(70, 12)).astype(np.float32)
+    scores = knn.knn_scores(
+        train, labels, queries, num_classes=6, k=k, temperature=temperature, chunk_size=32
+    )
+    expected = _brute_force_scores(
+        train, labels, queries, num_classes=6, k=min(k, 300), temperature=temperature
+    )
+    np.testing.assert_allclose(scores, expected, rtol=2e-4)
+    np.testing.assert_array_equal(np.argmax(scores, 1), np.argmax(expected, 1))
+
+
+def test_accuracy_matches_brute_force_and_skips_unlabelled():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(4, 8)) * 2
+    labels = rng.integers(0, 4, 200)
+    train = (centers[labels] + rng.normal(size=(200, 8))).astype(np.float32)
+    test_labels = rng.integers(0, 4, 50)
+    test = (centers[test_labels] + rng.normal(size=(50, 8))).astype(np.float32)
+    train_labels = labels.copy()
+    train_labels[:20] = -1  # unlabelled: must not vote
+    result = knn.knn_accuracy(train, train_labels, test, test_labels, num_classes=4, k=15)
+    scores = _brute_force_scores(
+        train[20:], labels[20:], test, num_classes=4, k=15, temperature=0.1
+    )
+    assert result["top1"] == pytest.approx(np.mean(np.argmax(scores, 1) == test_labels))
+    assert result["num_train_examples"] == 180 and result["k"] == 15
+    assert result["top1"] > 0.8 and result["top5"] == 1.0
+
+
+def test_knn_evaluation_encodes_images():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 96).astype(np.int32)
+    colour = np.eye(3)[labels][:, None, None, :] * 200
+    images = (colour + rng.integers(0, 40, (96, 6, 6, 3))).astype(np.uint8)
+    data = linear_eval.LabeledImages(images, labels)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    result = knn.knn_evaluation(
+        linear_eval.PixelEncoder(),
+        {},
+        data,
+        data,
+        num_classes=3,
+        image_size=6,
+        mean=mean,
+        std=std,
+        k=5,
+    )
+    features = linear_eval.encode_images(
+        linear_eval.PixelEncoder(),
+        {},
+        images,
+        image_size=6,
+        crop_fraction=1.0,
+        mean=mean,
+        std=std,
+    )
+    expected = knn.knn_accuracy(features, labels, features, labels, num_classes=3, k=5)
+    assert result == expected and result["top1"] == 1.0
