@@ -36,11 +36,62 @@ def _define_flags() -> None:
         "embed: embeddings of --split to --output (.npy).",
     )
     flags.DEFINE_string("output", None, "Output path for --mode=export/embed.")
+    # Multi-process runs use JAX's own distributed runtime (jax.distributed.initialize).
+    flags.DEFINE_enum(
+        "distributed",
+        "auto",
+        ["auto", "on", "off"],
+        "auto: initialize JAX's distributed runtime when a coordinator is given or a multi-host "
+        "TPU / SLURM / Open MPI job is detected.",
+    )
+    flags.DEFINE_string(
+        "coordinator_address",
+        os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        "host:port of process 0 (env JAX_COORDINATOR_ADDRESS).",
+    )
+    env_int = lambda name: int(os.environ[name]) if name in os.environ else None
+    flags.DEFINE_integer(
+        "num_processes", env_int("JAX_NUM_PROCESSES"), "Process count (env JAX_NUM_PROCESSES)."
+    )
+    flags.DEFINE_integer(
+        "process_id", env_int("JAX_PROCESS_ID"), "This process's index (env JAX_PROCESS_ID)."
+    )
     flags.DEFINE_string("split", None, "Split for --mode=embed (default: config.data.eval_split).")
     flags.DEFINE_bool(
         "allow_config_change",
         False,
         "Resume even if the model/data config differs from the one saved in the workdir.",
+    )
+
+
+def _multi_host_cluster_detected() -> bool:
+    """A launcher that jax.distributed.initialize() can read its topology from."""
+    env = os.environ
+    return (
+        int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    )
+
+
+def _initialize_distributed() -> None:
+    """Start JAX's multi-controller runtime before anything touches the backend."""
+    import jax
+
+    explicit = FLAGS.coordinator_address is not None
+    wanted = FLAGS.distributed == "on" or (
+        FLAGS.distributed == "auto" and (explicit or _multi_host_cluster_detected())
+    )
+    if not wanted:
+        return
+    if explicit and (FLAGS.num_processes is None or FLAGS.process_id is None):
+        _fail("--coordinator_address needs --num_processes and --process_id as well")
+    # CPU processes need a collectives backend to talk to each other; GPU/TPU ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
     )
 
 
@@ -54,6 +105,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here so that `--help` stays fast and flags parse before JAX initializes.
+    _initialize_distributed()
     import jax
 
     from byol_jax import checkpoint, export, input_pipeline, train, validation

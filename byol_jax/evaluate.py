@@ -74,4 +74,3 @@ def probe_accuracy(
         correct += int(counts["correct"])
         count += int(counts["count"])
     return {"probe_accuracy": correct / max(count, 1), "eval_examples": count}
-

@@ -294,7 +294,5 @@ class KnnEvaluator:
     def run(self, state: Any) -> dict[str, float]:
         """``state``: the replicated TrainState of the training loop."""
         variables = export.encoder_variables(parallel.fetch(state))
-        result = knn_evaluation(
-            self._encoder, variables, self._train, self._test, **self._options
-        )
+        result = knn_evaluation(self._encoder, variables, self._train, self._test, **self._options)
         return {"knn_accuracy": float(result["top1"])}

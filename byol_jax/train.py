@@ -119,18 +119,14 @@ def build_experiment(
         trust_coefficient=config.optimizer.trust_coefficient,
     )
     tau_schedule = ema.tau_schedule(config.base_tau, steps)
-    view_1, view_2 = augment.byol_view_params()
-    view_params = (
+    view_params = tuple(
         dataclasses.replace(
-            view_1,
-            blur_prob=config.augment.blur_prob[0],
-            solarize_prob=config.augment.solarize_prob[0],
-        ),
-        dataclasses.replace(
-            view_2,
-            blur_prob=config.augment.blur_prob[1],
-            solarize_prob=config.augment.solarize_prob[1],
-        ),
+            view,
+            crop_area_range=(config.augment.crop_area_min, 1.0),
+            blur_prob=config.augment.blur_prob[i],
+            solarize_prob=config.augment.solarize_prob[i],
+        )
+        for i, view in enumerate(augment.byol_view_params())
     )
     step_fn = functools.partial(
         train_step,
@@ -321,10 +317,15 @@ def train_and_evaluate(
                 writer.write(step, values)
                 if is_chief:
                     eta = (steps - step) * config.batch_size / max(values["images_per_sec"], 1e-9)
+                    knn_text = (
+                        f" | kNN acc {values['knn_accuracy']:.3f}"
+                        if "knn_accuracy" in values
+                        else ""
+                    )
                     print(
                         f"step {step}/{steps} | loss {values['loss']:.4f} | probe acc "
-                        f"{values['probe_accuracy']:.3f} | {values['images_per_sec']:.0f} img/s "
-                        f"| ETA {_format_duration(eta)}",
+                        f"{values['probe_accuracy']:.3f}{knn_text} | "
+                        f"{values['images_per_sec']:.0f} img/s | ETA {_format_duration(eta)}",
                         flush=True,
                     )
             if must_save:

@@ -139,6 +139,7 @@ def validate_config(
     _check(config, "eval.linear_base_lr", lambda v: v > 0, "a number > 0")
     _check(config, "eval.linear_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
     _check(config, "eval.label_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    _check(config, "augment.crop_area_min", lambda v: 0 < v <= 1, "a number in (0, 1]")
     for key in ("augment.blur_prob", "augment.solarize_prob"):
         _check(
             config,

@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # The paper's per-view probabilities; change only for ablations.
     config.augment = ml_collections.ConfigDict()
+    config.augment.crop_area_min = 0.08  # random resized crop keeps U[min, 1] of the area
     config.augment.blur_prob = (1.0, 0.1)
     config.augment.solarize_prob = (0.0, 0.2)
     return config

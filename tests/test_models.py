@@ -76,6 +76,63 @@ def test_matmul_conv_equals_native_conv_outputs_and_gradients(kernel_size, strid
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_matmul, g_native)
 
 
+@pytest.mark.parametrize(
+    "size,channels,kernel_size,stride",
+    [
+        # Tiny maps where some taps only ever see padding (pruned): ResNet stage 4 at 32 px.
+        (1, 5, 3, 1),
+        (1, 5, 3, 2),
+        (2, 5, 3, 2),
+        (2, 5, 3, 1),
+        (2, 5, 1, 2),
+        # The 7x7/2 stem at 32 px and odd sizes.
+        (32, 3, 7, 2),
+        (17, 3, 7, 2),
+    ],
+)
+def test_matmul_conv_fast_paths_equal_native(size, channels, kernel_size, stride):
+    x = jax.random.normal(jax.random.key(1), (2, size, size + 1, channels))
+    native = models.Conv(6, kernel_size, stride, impl="native")
+    matmul = models.Conv(6, kernel_size, stride, impl="matmul")
+    params = native.init(jax.random.key(2), x)
+
+    def loss(p, x, module):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(matmul.apply(params, x), native.apply(params, x), atol=1e-5)
+    g_native = jax.grad(loss, argnums=(0, 1))(params, x, native)
+    g_matmul = jax.grad(loss, argnums=(0, 1))(params, x, matmul)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4), g_matmul, g_native
+    )
+
+
+def test_live_taps_drop_only_padding():
+    # 3x3/1 on a 1x1 map: only the centre tap sees a pixel; on 2x2 with stride 2, taps 1-2.
+    assert models._live_taps(1, 3, 1, 1) == (1, 2)
+    assert models._live_taps(2, 3, 2, 1) == (1, 3)
+    assert models._live_taps(8, 3, 1, 1) == (0, 3)
+    assert models._live_taps(32, 7, 2, 3) == (0, 7)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 10, 3), (2, 16, 16, 4), (2, 2, 2, 3), (2, 1, 1, 2)])
+@pytest.mark.parametrize("after_relu", [False, True])
+def test_matmul_max_pool_gradient_equals_native(shape, after_relu):
+    # After a ReLU, windows often hold several zeros: the gradient goes to the first maximum,
+    # as with XLA's select-and-scatter (not split between ties).
+    x = jax.random.normal(jax.random.key(0), shape)
+    if after_relu:
+        x = jnp.maximum(x, 0.0)
+
+    def loss(x, impl):
+        return jnp.sum(jnp.sin(3.0 * models.max_pool_3x3_s2(x, impl)))
+
+    np.testing.assert_array_equal(
+        models.max_pool_3x3_s2(x, "matmul"), models.max_pool_3x3_s2(x, "native")
+    )
+    np.testing.assert_allclose(jax.grad(loss)(x, "matmul"), jax.grad(loss)(x, "native"), atol=1e-6)
+
+
 def test_matmul_max_pool_equals_native():
     x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))
     np.testing.assert_array_equal(
@@ -91,6 +148,21 @@ def test_encoder_implementations_agree_end_to_end():
     out_native, _ = native.apply(variables, x, mutable=["batch_stats"])
     out_matmul, _ = matmul.apply(variables, x, mutable=["batch_stats"])
     np.testing.assert_allclose(out_matmul, out_native, rtol=1e-4, atol=1e-4)
+
+    # Gradients too: at 32 px the max-pool (custom VJP) and stage 4 on a 1x1 map (pruned taps)
+    # take their fast paths.
+    def loss(params, module):
+        out, _ = module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(out))
+
+    g_native = jax.grad(loss)(variables["params"], native)
+    g_matmul = jax.grad(loss)(variables["params"], matmul)
+    # Float summation order differs; compare relative to each gradient's scale.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * np.abs(b).max()),
+        g_matmul,
+        g_native,
+    )
 
 
 def test_byol_network_outputs_and_target_has_no_predictor():

@@ -1,0 +1,82 @@
+"""The benchmark command on the smoke config: one well-formed JSON line with positive figures."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from byol_jax import bench
+from configs import smoke
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_POSITIVE = (
+    "images_per_sec",
+    "step_ms",
+    "compile_s",
+    "flops_per_image",
+    "model_flops_per_image",
+    "mfu",
+)
+
+
+def _check_result(result):
+    for key in _POSITIVE:
+        assert isinstance(result[key], float) and math.isfinite(result[key]), key
+        assert result[key] > 0, key
+    assert result["backend"] == "cpu"
+    assert result["dtype"] == "float32"
+    assert result["conv_impl"] == "matmul"  # "auto" picks the explicit-matmul path on CPU
+    assert result["devices"] >= 1
+    assert result["peak_memory_bytes"] is None or result["peak_memory_bytes"] > 0
+
+
+def test_bench_run_on_all_devices():
+    # In-process on the test devices (8 fake CPU devices, see conftest.py).
+    result = bench.run(smoke.get_config(), repeats=1, warmup=1)
+    _check_result(result)
+    assert result["devices"] == 8
+    assert "end_to_end_images_per_sec" not in result
+    json.dumps(result)  # JSON-able
+
+
+def test_bench_command_with_input_prints_one_json_line():
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS="")
+    # Keep compilation short: the figures only need to be well formed, not fast.
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "byol_jax.bench",
+            "--config=configs/smoke.py",
+            "--config.batch_size=8",
+            "--repeats=1",
+            "--warmup=1",
+            "--input",
+        ],
+        cwd=_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    lines = [line for line in process.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, process.stdout
+    result = json.loads(lines[0])
+    _check_result(result)
+    assert result["batch_size"] == 8 and result["devices"] == 1
+    assert result["dataset"] == "fashion_mnist"  # the smoke config's offline IDX data
+    assert result["end_to_end_images_per_sec"] > 0 and result["end_to_end_ratio"] > 0
+
+
+def test_spec_peak_table():
+    class FakeDevice:
+        device_kind = "NVIDIA H200"
+
+    assert bench.spec_peak_flops(FakeDevice(), "bfloat16") == pytest.approx(989e12)
+    FakeDevice.device_kind = "cpu"
+    assert bench.spec_peak_flops(FakeDevice(), "float32") is None

@@ -1,0 +1,191 @@
+"""Failure and recovery: signals, kill -9, corrupt checkpoints, NaN guard, config conflicts."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from byol_jax import checkpoint, train
+from configs import smoke
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "configs", "smoke.py")
+# Long enough to interrupt mid-run; checkpoints every 10 steps.
+RUN_ARGS = [f"--config={SMOKE}", "--config.num_steps=30", "--config.checkpoint_every_steps=10"]
+
+
+def _start(workdir):
+    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "launch.py"), f"--workdir={workdir}", *RUN_ARGS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def _wait_for(process, predicate, timeout=300):
+    """Read the process's output until a line satisfies ``predicate``; returns all lines."""
+    lines, deadline = [], time.time() + timeout
+    for line in process.stdout:
+        lines.append(line)
+        if predicate(line):
+            return lines
+        assert time.time() < deadline, "".join(lines)
+    raise AssertionError("process ended before the expected output:\n" + "".join(lines))
+
+
+def _run_to_end(workdir):
+    process = _start(workdir)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return output
+
+
+def _restore(workdir):
+    experiment = train.build_experiment(smoke.get_config(), num_classes=10, num_train_examples=256)
+    manager = checkpoint.create_manager(str(workdir))
+    return checkpoint.restore_latest(manager, jax.device_get(train.initial_state(experiment, 0)))
+
+
+def _assert_bitwise_equal(a, b, what):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y, err_msg=what)
+
+
+def test_sigterm_and_kill9_resume_bitwise_identical(tmp_path):
+    reference = tmp_path / "reference"
+    _run_to_end(reference)
+    ref_state, ref_step = _restore(reference)
+    assert ref_step == 30
+
+    # SIGTERM mid-run: the current step finishes, is checkpointed, and the process exits 0.
+    term = tmp_path / "sigterm"
+    process = _start(term)
+    _wait_for(process, lambda line: line.startswith("step 4/30"))
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "stopped by SIGTERM after step" in output
+    stopped_at = int(output.split("stopped by SIGTERM after step ")[1].split(";")[0])
+    assert 4 <= stopped_at < 30
+    assert str(stopped_at) in os.listdir(term / "checkpoints")
+    assert f"resuming from step {stopped_at} of 30" in _run_to_end(term)
+    _assert_bitwise_equal(_restore(term)[0], ref_state, f"SIGTERM at step {stopped_at}")
+
+    # kill -9 right after the first checkpoint: the relaunch resumes from a complete checkpoint.
+    killed = tmp_path / "kill9"
+    process = _start(killed)
+    _wait_for(process, lambda line: line.startswith("step 12/30"))
+    process.kill()
+    process.wait(timeout=60)
+    steps = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
+    assert steps and steps[-1] >= 10
+    output = _run_to_end(killed)
+    assert "resuming from step" in output
+    _assert_bitwise_equal(_restore(killed)[0], ref_state, f"kill -9, then {output[:2000]}")
+
+
+def _toy_manager(tmp_path):
+    manager = checkpoint.create_manager(str(tmp_path), max_to_keep=5)
+    template = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+    for step in (1, 2, 3):
+        state = {"w": np.full((4, 3), step, np.float32), "b": np.full(3, -step, np.float32)}
+        assert checkpoint.save(manager, step, state)
+    return manager, template
+
+
+def _damage(step_dir, how):
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                if how == "truncate":
+                    f.truncate(size // 3)
+                else:
+                    f.write(os.urandom(max(size, 16)))
+
+
+@pytest.mark.parametrize("how", ["truncate", "garble"])
+def test_corrupt_latest_checkpoint_falls_back_to_newest_good_one(tmp_path, how, capsys):
+    manager, template = _toy_manager(tmp_path)
+    _damage(tmp_path / "checkpoints" / "3", how)
+    restored, step = checkpoint.restore_latest(manager, template, workdir=str(tmp_path))
+    assert step == 2
+    np.testing.assert_array_equal(restored["w"], np.full((4, 3), 2, np.float32))
+    assert "checkpoint step 3 is unreadable" in capsys.readouterr().out
+    # Moved aside, not deleted; the manager no longer lists it.
+    assert os.path.isdir(tmp_path / "corrupt_checkpoints" / "3")
+    assert manager.latest_step() == 2
+
+
+def test_all_checkpoints_corrupt_is_a_clear_error_and_touches_nothing(tmp_path):
+    manager, template = _toy_manager(tmp_path)
+    for step in (1, 2, 3):
+        _damage(tmp_path / "checkpoints" / str(step), "garble")
+    with pytest.raises(checkpoint.CheckpointError, match="none of the checkpoints"):
+        checkpoint.restore_latest(manager, template, workdir=str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3"]
+
+
+def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    manager, template = _toy_manager(tmp_path)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manager, "save", no_space)
+    with pytest.raises(checkpoint.CheckpointError, match="newest: step 3"):
+        checkpoint.save(manager, 4, template)
+    restored, step = checkpoint.restore_latest(checkpoint.create_manager(str(tmp_path)), template)
+    assert step == 3 and restored["w"][0, 0] == 3
+
+
+def test_non_finite_state_is_never_saved(tmp_path):
+    manager, template = _toy_manager(tmp_path)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        checkpoint.save(manager, 4, {"w": np.full((4, 3), np.nan, np.float32), "b": template["b"]})
+    assert manager.latest_step() == 3
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = smoke.get_config()
+    config.num_steps = 6
+    config.checkpoint_every_steps = 3
+    config.log_every_steps = 1
+    workdir = str(tmp_path)
+    # First 3 steps normally; then "resume" with an absurd LR that makes the weights overflow.
+    config.num_steps = 3
+    train.train_and_evaluate(config, workdir)
+    config.num_steps = 6
+    config.optimizer.base_lr = 1e30
+    with pytest.raises(train.NonFiniteLossError, match=r"step [45].*Last good checkpoint: step 3"):
+        train.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+
+
+def test_workdir_with_other_model_is_refused_unless_allowed(tmp_path):
+    config = smoke.get_config()
+    os.makedirs(tmp_path / "checkpoints" / "3")
+    train.check_and_save_config(config, str(tmp_path))
+    other = smoke.get_config()
+    other.model.encoder = "resnet18"
+    with pytest.raises(
+        train.ConfigConflictError, match="model.encoder: 'resnet_tiny' -> 'resnet18'"
+    ):
+        train.check_and_save_config(other, str(tmp_path))
+    train.check_and_save_config(other, str(tmp_path), allow_config_change=True)
+    # Changing what does not affect the checkpoint layout is fine.
+    more_steps = smoke.get_config()
+    more_steps.model.encoder = "resnet18"
+    more_steps.num_steps = 100
+    train.check_and_save_config(more_steps, str(tmp_path))
