@@ -8,6 +8,7 @@ Running the same command again resumes from the newest checkpoint in DIR.
 
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -142,9 +143,16 @@ def main(argv: list[str]) -> None:
         export.ExportError,
         train.NonFiniteLossError,
         train.ConfigConflictError,
+        train.ReplicaMismatchError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
+        _exit_now_if_multi_process(2)
         sys.exit(2)
+    except BaseException:
+        if jax.process_count() > 1:
+            traceback.print_exc()
+        _exit_now_if_multi_process(1)
+        raise
     if jax.process_index() == 0:
         print(f"done: {summary}")
 
@@ -189,8 +197,24 @@ def _evaluate(mode: str, config, workdir: str) -> dict:
     return {"written": out}
 
 
+def _exit_now_if_multi_process(code: int) -> None:
+    """Exit at once when other processes depend on this one.
+
+    A normal exit would wait in JAX's shutdown barrier for processes that are themselves
+    waiting for this one (in a collective or a checkpoint barrier): every process would hang
+    for minutes. Exiting without it makes the distributed runtime see the task die and
+    terminate the others within a second, so the whole job fails fast.
+    """
+    jax = sys.modules.get("jax")  # Not imported yet: no runtime to wait for.
+    if jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
+    _exit_now_if_multi_process(2)
     sys.exit(2)
 
 

@@ -14,13 +14,15 @@ Data sources, tried in this order:
 3. ``builder.download_and_prepare()``; if that fails (e.g. no network) a ``DatasetError`` explains
    how to obtain the data.
 
-Determinism and exact resume: the training stream is a pure function of
-``(seed, process_index, process_count, position)``. Example position ``p`` of a process's stream
-belongs to epoch ``p // n`` (``n`` = examples in its shard) and every epoch is shuffled with its
-own seed derived from ``(seed, process_index, epoch)``. Resuming at ``start_step`` therefore only
-has to jump to position ``start_step * batch_size``: for in-memory IDX data the permutation is
-computed directly (``RandomIndexShuffle``), for tfds data at most one epoch of undecoded records
-is skipped (images are decoded after the skip).
+Determinism and exact resume: the training stream is a pure function of ``(seed, position)``
+(plus the process layout for streamed tfds data) and every epoch is shuffled with its own seed.
+Resuming at ``start_step`` therefore only has to jump there. In-memory (IDX) data is one global
+stream, permuted per epoch by a stateless ``RandomIndexShuffle`` that maps any position to an
+example in O(1); process ``i`` of ``P`` takes rows ``[i*b, (i+1)*b)`` of every global batch, so
+the global batches are identical for any process count. Streamed tfds data is read as one
+contiguous shard per process (``tfds.even_splits``), shuffled with a buffer; a resumed stream
+skips at most one epoch of undecoded records (images are decoded after the skip). Its global
+batch has the same size but, for lack of random access, a composition that depends on ``P``.
 """
 
 from __future__ import annotations
@@ -641,16 +643,18 @@ def train_batches(
     """Infinite iterator of per-process batches.
 
     Yields ``{'image': uint8 [batch_size, S, S, 3], 'label': int32 [batch_size]}`` with
-    S = ``source_size``; ``batch_size`` is the per-process batch. Each process reads a disjoint
-    contiguous shard (``tfds.even_splits`` arithmetic) of ``split``. Images are decoded,
-    grayscale is replicated to 3 channels, and the shorter side is resized to S followed by a
-    central S x S crop (skipped when already S x S). Labels are -1 for unlabelled datasets.
+    S = ``source_size``; ``batch_size`` is the per-process batch, so the global batch is
+    ``batch_size * process_count``. Images are decoded, grayscale is replicated to 3 channels,
+    and the shorter side is resized to S followed by a central S x S crop (skipped when already
+    S x S). Labels are -1 for unlabelled datasets.
 
-    The stream is deterministic in ``(seed, process_index, process_count)``; every epoch is
-    reshuffled with its own derived seed. ``start_step=k`` yields exactly the batches a
-    ``start_step=0`` iterator yields from its k-th on (exact resume). In-memory (IDX) data gets
-    a full uniform permutation per epoch; tfds data is shuffled with a buffer of
-    ``shuffle_buffer`` records (files are always read in the same order).
+    ``start_step=k`` yields exactly the batches a ``start_step=0`` iterator yields from its k-th
+    on (exact resume); every epoch is reshuffled with its own derived seed. In-memory (IDX) data
+    gets a full uniform permutation of the whole split per epoch, and process ``i`` yields rows
+    ``[i*b, (i+1)*b)`` of each global batch: the concatenation over processes equals the
+    single-process stream with the global batch size. tfds data is read as a disjoint contiguous
+    shard per process (``tfds.even_splits``), shuffled with a buffer of ``shuffle_buffer``
+    records (files are always read in the same order).
 
     ``max_bad_records``: 0 (default) makes an undecodable record raise ``DatasetError``; > 0
     silently drops records that fail to decode (the number is not counted or capped, and the
@@ -666,37 +670,45 @@ def train_batches(
         raise DatasetError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}.")
     tf = _import_tf()
     source = _resolve_source(dataset, split, data_dir, idx_dir)
-    base_seed = _derive_seed(seed, process_index)
-    start_pos = start_step * batch_size  # Position in this process's example stream.
 
     if source.kind == "arrays":
-        lo, hi = _even_shard_bounds(0, source.num_examples, process_index, process_count)
-        n_local = hi - lo
-        _check_shard(n_local, split, process_count)
-        images = tf.constant(source.images[lo:hi])
-        labels = tf.constant(source.labels[lo:hi])
+        # One global stream over the whole split, shuffled per epoch with a seed that does not
+        # depend on the process: global batch k is stream positions [k*B, (k+1)*B) and process
+        # i takes rows [i*b, (i+1)*b) of it. The global batches (hence the trained weights) are
+        # the same for any process count; each process reads disjoint rows of every batch.
+        n_total = source.num_examples
+        global_seed = _derive_seed(seed, 0)
+        global_batch = batch_size * process_count
+        images = tf.constant(source.images)
+        labels = tf.constant(source.labels)
+
+        def positions(step: tf.Tensor) -> tf.Tensor:
+            first = step * global_batch + process_index * batch_size
+            return first + tf.range(batch_size, dtype=tf.int64)
 
         def lookup(pos: tf.Tensor) -> dict[str, tf.Tensor]:
             # Stateless permutation per epoch: stream position -> example index in O(1), so
             # resuming at any step needs no skipping at all.
-            epoch, offset = pos // n_local, pos % n_local
-            seeds = tf.stack([tf.ones_like(pos) * base_seed, epoch, tf.zeros_like(pos)], 1)
+            epoch, offset = pos // n_total, pos % n_total
+            seeds = tf.stack([tf.ones_like(pos) * global_seed, epoch, tf.zeros_like(pos)], 1)
             # The raw op: tf.random.experimental.index_shuffle mis-pads batched [n, 2] seeds
             # (TF 2.21). A batch may straddle epochs, hence one seed row per position.
             idx = tf.raw_ops.RandomIndexShuffle(
-                index=offset, seed=seeds, max_index=tf.constant(n_local - 1, tf.int64), rounds=4
+                index=offset, seed=seeds, max_index=tf.constant(n_total - 1, tf.int64), rounds=4
             )
             return {"image": tf.gather(images, idx), "label": tf.gather(labels, idx)}
 
         # All images have one size, so gather, convert and resize whole batches at once.
-        ds = tf.data.Dataset.counter(start=start_pos).batch(batch_size, drop_remainder=True)
+        ds = tf.data.Dataset.counter(start=start_step).map(positions)
         ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(_decode_fn(False, source_size), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         records, n_local = _raw_records(source, (process_index, process_count))
         _check_shard(n_local, split, process_count)
         buffer = min(shuffle_buffer, n_local)
-        first_epoch, offset = divmod(start_pos, n_local)
+        base_seed = _derive_seed(seed, process_index)
+        # Position in this process's example stream.
+        first_epoch, offset = divmod(start_step * batch_size, n_local)
 
         def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
             # Each epoch's order depends only on (base_seed, epoch), so a resumed stream can

@@ -97,13 +97,18 @@ def map_function(fn: Callable, **kwargs: Any) -> Callable:
     return jax.pmap(fn, axis_name=AXIS_NAME, **kwargs)
 
 
-def any_process(flag: bool) -> bool:
-    """True on every process if ``flag`` is true on any (so all processes stop together)."""
+def gather_from_processes(value: np.ndarray) -> np.ndarray:
+    """``value`` of every process stacked in process order: [process_count, ...] on all."""
     if jax.process_count() == 1:
-        return bool(flag)
+        return np.asarray(value)[None]
     from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+    return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is true on any (so all processes stop together)."""
+    return bool(np.any(gather_from_processes(np.int32(flag))))
 
 
 # ---- used inside mapped functions -------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -45,6 +46,10 @@ from byol_jax.train_step import train_step
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/Inf; the last good checkpoint is kept untouched."""
+
+
+class ReplicaMismatchError(RuntimeError):
+    """Processes of a multi-process run hold different train states (a silent desync)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +172,28 @@ def initial_state(experiment: Experiment, seed: int) -> train_state.TrainState:
     )
 
 
+def state_digest(host_state: Any) -> str:
+    """A short hash of every array in a host state: equal digests mean bitwise-equal states."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(host_state):
+        array = np.ascontiguousarray(leaf)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _digests_of_all_processes(host_state: Any, step: int) -> list[str]:
+    """Every process's state digest; raises if they differ (they must stay in lockstep)."""
+    mine = np.frombuffer(bytes.fromhex(state_digest(host_state)), np.uint8)
+    digests = [bytes(row).hex() for row in parallel.gather_from_processes(mine)]
+    if len(set(digests)) > 1:
+        raise ReplicaMismatchError(
+            f"processes hold different train states at step {step} (digests {digests}); "
+            "not saved. Check that every process runs the same code, config and data."
+        )
+    return digests
+
+
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
@@ -283,6 +310,7 @@ def train_and_evaluate(
     steps = experiment.total_steps
     last_log_time, last_log_step = time.time(), start_step
     last_saved = restored_step
+    digests: list[str] = []
     step = start_step
     stopped_by: str | None = None
     with preemption.StopSignal() as stop:
@@ -329,19 +357,24 @@ def train_and_evaluate(
                         flush=True,
                     )
             if must_save:
+                host_state = parallel.fetch(state)
+                digests = _digests_of_all_processes(host_state, step)
                 try:
-                    checkpoint.save(manager, step, parallel.fetch(state))
+                    checkpoint.save(manager, step, host_state)
                 except FloatingPointError as error:
                     raise NonFiniteLossError(
                         f"{error}; not saved. Last good checkpoint: step {last_saved} in "
                         f"{checkpoint.checkpoint_dir(workdir)}."
                     ) from error
+                del host_state
                 last_saved = step
             if stop_now:
                 stopped_by = stop.signal_name or "a signal on another process"
                 break
 
-    summary: dict[str, Any] = {"step": int(step), "total_steps": steps}
+    if not digests:  # The loop did not run (resumed a finished run); otherwise it saved last.
+        digests = _digests_of_all_processes(parallel.fetch(state), step)
+    summary: dict[str, Any] = {"step": int(step), "total_steps": steps, "state_digests": digests}
     if stopped_by is not None:
         writer.close()
         if is_chief:

@@ -207,24 +207,26 @@ def test_idx_determinism_and_resume_across_epochs(tmp_path):
 
 
 @needs_idx
-def test_idx_process_shards_are_disjoint_and_cover_split(tmp_path):
-    raw_images = ip.read_idx(os.path.join(IDX_DIR, "train-images-idx3-ubyte.gz"))[:64]
-    raw_labels = ip.read_idx(os.path.join(IDX_DIR, "train-labels-idx1-ubyte.gz"))[:64]
-    expected = _hashes(np.repeat(raw_images[..., None], 3, -1), raw_labels.astype(np.int32))
-    assert len(set(expected)) == 64
-
-    shards = []
-    for process_index in range(2):
-        it = ip.train_batches(
-            "fashion_mnist", "train[:64]", data_dir=str(tmp_path), batch_size=8,
-            source_size=28, seed=0, process_index=process_index, process_count=2,
-            idx_dir=IDX_DIR,
+def test_idx_process_rows_form_the_single_process_global_batch(tmp_path):
+    def stream(process_index, process_count, batch_size, start_step=0):
+        return ip.train_batches(
+            "fashion_mnist", "train[:64]", data_dir=str(tmp_path), batch_size=batch_size,
+            source_size=28, seed=0, process_index=process_index, process_count=process_count,
+            start_step=start_step, idx_dir=IDX_DIR,
         )  # fmt: skip
-        hashes = _stream_hashes(_take(it, 4))  # One epoch of this process's 32 examples.
-        assert len(set(hashes)) == 32
-        shards.append(set(hashes))
-    assert not shards[0] & shards[1]
-    assert shards[0] | shards[1] == set(expected)
+
+    single = _take(stream(0, 1, 24), 6)  # 144 examples: two epochs of 64 and a part of one.
+    for count in (2, 3):
+        parts = [_take(stream(i, count, 24 // count), 6) for i in range(count)]
+        for k in range(6):
+            for key in ("image", "label"):
+                joined = np.concatenate([p[k][key] for p in parts])
+                np.testing.assert_array_equal(joined, single[k][key])
+        # Rows of different processes are disjoint within an epoch (steps 0-1 are 48 of 64).
+        first_epoch = [set(_stream_hashes(p[:2])) for p in parts]
+        assert sum(map(len, first_epoch)) == len(set().union(*first_epoch)) == 48
+    # Resuming one process at step 4 continues its rows of the global stream.
+    _assert_batches_equal(next(stream(1, 2, 12, start_step=4)), _take(stream(1, 2, 12), 5)[4])
 
 
 @needs_idx
