@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from absl import logging
 
 if TYPE_CHECKING:  # Heavy imports stay lazy so importing this module is cheap.
     import tensorflow as tf
@@ -389,6 +390,33 @@ def _tfds_decoders(builder: Any) -> dict[str, Any] | None:
     return None
 
 
+def _check_features(dataset: str, image: Any, label: Any) -> None:
+    """Refuse image/label features the pipeline cannot turn into uint8 RGB images and int labels.
+
+    Checked from the dataset's metadata, so a custom dataset with the wrong layout fails before
+    any record is read, with what was found and what is allowed.
+    """
+    shape, dtype = tuple(image.shape), np.dtype(image.np_dtype)
+    if dtype != np.uint8:
+        raise DatasetError(
+            f"Dataset {dataset!r}: the 'image' feature has dtype {dtype}; byol_jax needs uint8 "
+            "images with values 0-255 (scale and cast float or 16-bit images when building it)."
+        )
+    if len(shape) != 3 or shape[-1] not in (1, 3, 4, None):
+        raise DatasetError(
+            f"Dataset {dataset!r}: the 'image' feature has shape {shape}; byol_jax needs "
+            "(height, width, channels) with 1, 3 or 4 channels."
+        )
+    if label is not None and (
+        tuple(label.shape) != () or not np.issubdtype(np.dtype(label.np_dtype), np.integer)
+    ):
+        raise DatasetError(
+            f"Dataset {dataset!r}: the 'label' feature has shape {tuple(label.shape)} and dtype "
+            f"{np.dtype(label.np_dtype)}; byol_jax needs one integer class per image (or no "
+            "'label' feature for unlabelled data)."
+        )
+
+
 def _tfds_source(builder: Any, dataset: str, split: str) -> _Source:
     tfds = _import_tfds()
     features = builder.info.features
@@ -399,6 +427,7 @@ def _tfds_source(builder: Any, dataset: str, split: str) -> _Source:
         )
     # FeaturesDict has no .get().
     label = features["label"] if "label" in features else None  # noqa: SIM401
+    _check_features(dataset, features["image"], label)
     num_classes = int(getattr(label, "num_classes", 0) or 0) if label is not None else 0
     try:
         num_examples = _tfds_num_examples(builder, split)
@@ -597,7 +626,7 @@ def _numpy_batches(ds: tf.data.Dataset, what: str) -> Iterator[dict[str, np.ndar
         except tf.errors.OpError as e:
             raise DatasetError(
                 f"Reading {what} failed: {e.message.strip()}. If a few records are corrupt, "
-                "pass max_bad_records > 0 (train_batches) to skip undecodable records."
+                "Set data.max_bad_records > 0 to skip (and count) undecodable records."
             ) from e
         yield batch
 
@@ -656,9 +685,9 @@ def train_batches(
     shard per process (``tfds.even_splits``), shuffled with a buffer of ``shuffle_buffer``
     records (files are always read in the same order).
 
-    ``max_bad_records``: 0 (default) makes an undecodable record raise ``DatasetError``; > 0
-    silently drops records that fail to decode (the number is not counted or capped, and the
-    dropped records shift later positions, so exact resume only holds for clean data).
+    ``max_bad_records``: records that fail to decode are skipped, counted and logged, up to this
+    many per process; one more raises ``DatasetError`` (0, the default here, fails on the first).
+    Skipped records shift the later batches, so exact resume only holds for clean data.
 
     The data source is resolved and validated eagerly: a missing dataset raises here, not on
     the first ``next()``.
@@ -718,13 +747,52 @@ def train_batches(
 
         ds = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_records)
         ds = ds.skip(offset)  # Undecoded records: cheap.
+        # Each record carries its stream position, so the host can count the dropped ones.
+        ds = ds.enumerate(start=start_step * batch_size).map(
+            lambda position, ex: {**ex, "position": position}
+        )
         decode = _decode_fn(source.encoded_image, source_size)
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         if max_bad_records > 0:
-            ds = ds.ignore_errors(log_warning=True)
+            ds = ds.ignore_errors()
         ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.with_options(_deterministic_options()).prefetch(tf.data.AUTOTUNE)
+        what = f"{dataset} {split} (train)"
+        return _count_bad_records(
+            _numpy_batches(ds, what), start_step * batch_size, max_bad_records, what
+        )
     ds = ds.with_options(_deterministic_options()).prefetch(tf.data.AUTOTUNE)
     return _numpy_batches(ds, f"{dataset} {split} (train)")
+
+
+def _count_bad_records(
+    batches: Iterator[dict[str, np.ndarray]], start: int, max_bad_records: int, what: str
+) -> Iterator[dict[str, np.ndarray]]:
+    """Strips the ``position`` field; warns about and caps the records dropped before decoding.
+
+    Records that fail to decode leave gaps in the positions of the records that arrive, so the
+    number dropped so far is the last position seen minus the records delivered.
+    """
+    delivered, reported = 0, 0
+    for batch in batches:
+        positions = batch.pop("position")
+        delivered += len(positions)
+        dropped = int(positions[-1]) + 1 - start - delivered
+        if dropped > max_bad_records:
+            raise DatasetError(
+                f"Reading {what}: {dropped} records could not be decoded, more than "
+                f"max_bad_records={max_bad_records}. The dataset looks damaged; re-prepare it, "
+                "or raise data.max_bad_records to keep skipping."
+            )
+        if dropped > reported:
+            logging.warning(
+                "%s: skipped %d undecodable record(s) so far (max_bad_records=%d)",
+                what,
+                dropped,
+                max_bad_records,
+            )
+            reported = dropped
+        yield batch
 
 
 def eval_batches(

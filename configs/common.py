@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.std = IMAGENET_STD
     config.data.idx_dir = "/usr/share/datasets/fashion-mnist"
     config.data.shuffle_buffer = 10_000
-    config.data.max_bad_records = 0
+    config.data.max_bad_records = 100  # per process: undecodable records skipped (and counted)
     config.data.eval_batch_size = 512
 
     # Evaluation: periodic kNN monitor, end-of-run table, and the --mode=linear_eval protocol.

@@ -330,27 +330,38 @@ def test_mock_tfds_fashion_mnist_grayscale_and_eval(tmp_path):
         np.testing.assert_array_equal(batches[1]["mask"], [True, True, False, False])
 
 
-def test_bad_records_raise_or_are_skipped(tmp_path):
+def test_bad_records_are_counted_skipped_and_capped(tmp_path, caplog):
     good = tf.io.encode_png(np.full((32, 32, 3), 7, np.uint8)).numpy()
-    images = [good, good, b"definitely not an image", good, good, good]
+    bad = {2: b"definitely not an image", 7: good[: len(good) // 2]}  # garbage, truncated PNG
+    images = [bad.get(i, good) for i in range(12)]
 
     def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
         return tf.data.Dataset.from_tensor_slices(
-            {"image": images, "label": np.arange(6, dtype=np.int64), "id": [b"x"] * 6}
+            {"image": images, "label": np.arange(12, dtype=np.int64), "id": [b"x"] * 12}
         )
 
     def make(max_bad_records: int):
         return ip.train_batches(
             "cifar10", "train", data_dir=str(tmp_path), batch_size=5, source_size=32, seed=0,
-            max_bad_records=max_bad_records,
+            shuffle_buffer=1, max_bad_records=max_bad_records,
         )  # fmt: skip
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
         with pytest.raises(ip.DatasetError, match="max_bad_records"):
-            _take(make(0), 2)
-        batches = _take(make(1), 2)
+            _take(make(0), 1)  # Strict: the first bad record stops the run.
+        # Cap 1: the first batch skips one record; the second reaches the second bad record.
+        capped = make(1)
+        assert next(capped)["label"].tolist() == [0, 1, 3, 4, 5]
+        with pytest.raises(ip.DatasetError, match="2 records could not be decoded, more than"):
+            next(capped)
+        # Cap 2: both are skipped, logged with the running count, and the stream goes on.
+        with caplog.at_level("WARNING"):
+            batches = _take(make(2), 2)
         labels = np.concatenate([b["label"] for b in batches])
-        assert 2 not in labels[:5] and set(labels[:5]) == {0, 1, 3, 4, 5}
+        assert labels.tolist() == [0, 1, 3, 4, 5, 6, 8, 9, 10, 11]
+        assert "skipped 1 undecodable record(s)" in caplog.text
+        assert "skipped 2 undecodable record(s)" in caplog.text
+        assert all("position" not in b for b in batches)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,3 +528,43 @@ def test_missing_data_gives_instructions(tmp_path, no_download):
 def test_tensorflow_sees_no_accelerators():
     ip._hide_accelerators_from_tf()
     assert tf.config.get_visible_devices("GPU") == []
+
+
+@pytest.mark.parametrize(
+    "image, label, message",
+    [
+        ((tf.float32, (8, 8, 3)), tf.int64, r"'image' feature has dtype float32; .* needs uint8"),
+        ((tf.uint8, (8, 8)), tf.int64, r"shape \(8, 8\); .* 1, 3 or 4 channels"),
+        ((tf.uint8, (8, 8, 2)), tf.int64, r"shape \(8, 8, 2\)"),
+        ((tf.uint8, (8, 8, 3)), tf.float32, r"'label' .* dtype float32; .* one integer class"),
+    ],
+)
+def test_custom_dataset_with_wrong_features_is_a_clear_error(tmp_path, image, label, message):
+    image_dtype, image_shape = image
+
+    def info(self):
+        features = {
+            "image": tfds.features.Tensor(shape=image_shape, dtype=image_dtype),
+            "label": tfds.features.Tensor(shape=(), dtype=label),
+        }
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def examples(self):
+        for i in range(2):
+            yield i, {"image": np.zeros(image_shape, image_dtype.as_numpy_dtype), "label": i}
+
+    # A custom dataset whose features the pipeline cannot use, registered under a unique name.
+    class_name = f"ByolTestBadFeatures{abs(hash(message)) % 10**8}"
+    builder_class = type(
+        class_name,
+        (tfds.core.GeneratorBasedBuilder,),
+        {
+            "VERSION": tfds.core.Version("1.0.0"),
+            "_info": info,
+            "_split_generators": lambda self, dl_manager: {"train": examples(self)},
+            "_generate_examples": examples,
+        },
+    )
+    builder_class(data_dir=str(tmp_path)).download_and_prepare()
+    with pytest.raises(ip.DatasetError, match=message):
+        ip.dataset_info(builder_class.name, "train", data_dir=str(tmp_path), source_size=8)

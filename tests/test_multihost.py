@@ -1,14 +1,14 @@
 """Multi-process training with real processes on localhost (JAX's distributed runtime, gloo).
 
 Two processes with 2 CPU devices each must end with identical states, equal (within float
-tolerance) to one process with 4 devices on the same global batches; the two-process run resumes
-from its checkpoint bitwise; and one failing process brings the whole job down instead of
-leaving the others hanging.
+tolerance) to one process with 4 devices on the same global batches; a SIGTERM to one process
+stops both at the same step with a checkpoint, from which the two-process run resumes bitwise;
+and one failing process brings the whole job down instead of leaving the others hanging.
 """
 
 import json
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,13 +16,22 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from byol_jax import checkpoint, train
 from configs import smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
-RUN_ARGS = [f"--config={SMOKE}", "--config.num_steps=4", "--config.checkpoint_every_steps=2"]
+# Checkpoints every 4 steps, all kept: step 4 compares layouts before float noise grows. XLA's
+# own convolutions compile faster than the CPU matmul path; the parallel code is the same.
+RUN_ARGS = [
+    f"--config={SMOKE}",
+    "--config.num_steps=14",
+    "--config.model.conv_impl=native",
+    "--config.checkpoint_every_steps=4",
+    "--config.keep_checkpoints=10",
+]
 
 
 def _free_port() -> int:
@@ -63,10 +72,12 @@ def _finish(processes, timeout=400):
     return outputs
 
 
-def _restore(workdir):
+def _restore(workdir, step):
     experiment = train.build_experiment(smoke.get_config(), num_classes=10, num_train_examples=256)
     template = jax.device_get(train.initial_state(experiment, 0))
-    return checkpoint.restore_latest(checkpoint.create_manager(str(workdir)), template)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    manager = checkpoint.create_manager(str(workdir))
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
 def _summary(workdir):
@@ -74,36 +85,47 @@ def _summary(workdir):
         return json.load(f)
 
 
-def test_two_processes_match_one_process_and_resume(tmp_path):
-    two, one = tmp_path / "two_processes", tmp_path / "one_process"
-    pair = _start_pair(two)
-    single = _start(one, 4)
+def _wait_for_line(process, prefix, timeout=300):
+    lines, deadline = [], time.time() + timeout
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(prefix):
+            return "".join(lines)
+        assert time.time() < deadline, "".join(lines)
+    raise AssertionError(f"no line starting with {prefix!r}:\n" + "".join(lines))
+
+
+def test_two_processes_match_one_process_stop_together_and_resume_bitwise(tmp_path):
+    two, one, interrupted = tmp_path / "two", tmp_path / "one", tmp_path / "interrupted"
+    pair, single = _start_pair(two), _start(one, 4)
     chief_output, worker_output = _finish(pair)
     _finish([single])
 
     # Logs come from process 0 only; both processes end with bitwise-identical states.
-    assert "step 4/4" in chief_output and "step 4/4" not in worker_output
+    assert "step 14/14" in chief_output and "step 14/14" not in worker_output
     digests = _summary(two)["state_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
 
-    # Same global batches, same trajectory as 4 devices in one process (float tolerance: the
-    # cross-process reductions add in another order).
-    state_two, step = _restore(two)
-    state_one, _ = _restore(one)
-    assert step == 4
-    flat_two = jax.tree_util.tree_flatten_with_path(state_two)[0]
-    flat_one = jax.tree.leaves(state_one)
-    for (path, a), b in zip(flat_two, flat_one, strict=True):
+    # Same global batches, same trajectory as 4 devices in one process. Float tolerance: the
+    # cross-process reductions add in another order, and that noise grows with the steps.
+    flat_one = jax.tree.leaves(_restore(one, 4))
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(_restore(two, 4))[0], flat_one, strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5, err_msg=jax.tree_util.keystr(path))
 
-    # Drop the last checkpoint: the same two-process command resumes from step 2 and ends
-    # bitwise where the uninterrupted run ended.
-    shutil.rmtree(two / "checkpoints" / "4")
-    chief_output, _ = _finish(_start_pair(two))
-    assert "resuming from step 2 of 4" in chief_output
-    assert _summary(two)["state_digests"] == digests
-    for a, b in zip(jax.tree.leaves(_restore(two)[0]), jax.tree.leaves(state_two), strict=True):
-        np.testing.assert_array_equal(a, b)
+    # SIGTERM to the worker only: every process finishes the same step, it is checkpointed, all
+    # exit 0. Relaunched, the run ends bitwise where the uninterrupted one ended.
+    pair = _start_pair(interrupted)
+    _wait_for_line(pair[0], "step 6/14")
+    pair[1].send_signal(signal.SIGTERM)
+    chief_output = _finish(pair)[0]
+    assert "stopped by a signal on another process after step" in chief_output, chief_output
+    stopped_at = int(chief_output.split("after step ")[1].split(";")[0])
+    assert 6 <= stopped_at < 14 and str(stopped_at) in os.listdir(interrupted / "checkpoints")
+    chief_output = _finish(_start_pair(interrupted))[0]
+    assert f"resuming from step {stopped_at} of 14" in chief_output
+    assert _summary(interrupted)["state_digests"] == digests
 
 
 def test_a_failing_process_stops_the_whole_job(tmp_path):
