@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
     _initialize_distributed()
     import jax
 
-    from byol_jax import checkpoint, export, input_pipeline, train, validation
+    from byol_jax import input_pipeline, validation
 
     if not FLAGS["verbosity"].present:
         # Orbax and TF log every save at INFO; keep the console to our progress lines.
@@ -128,6 +128,12 @@ def main(argv: list[str]) -> None:
             process_count=jax.process_count(),
             known_datasets=input_pipeline.is_known_dataset,
         )
+    except validation.ConfigError as error:
+        _fail(str(error))
+    # Imported after validation: they pull in TensorFlow (seconds) that a typo should not wait on.
+    from byol_jax import checkpoint, export, train
+
+    try:
         if jax.process_index() == 0:
             print(f"byol_jax: {FLAGS.mode} on {config.data.dataset}, workdir {workdir}")
         if FLAGS.mode == "train":
@@ -137,7 +143,6 @@ def main(argv: list[str]) -> None:
         else:
             summary = _evaluate(FLAGS.mode, config, workdir)
     except (
-        validation.ConfigError,
         input_pipeline.DatasetError,
         checkpoint.CheckpointError,
         export.ExportError,

@@ -105,13 +105,6 @@ def validate_config(
         _check(config, f"model.{key}", lambda v: _is_int(v) and v > 0, "a positive integer")
 
     dataset = _check(config, "data.dataset", lambda v: isinstance(v, str) and v, "a tfds name")
-    if known_datasets is not None and not known_datasets(dataset):
-        raise ConfigError(
-            "data.dataset",
-            dataset,
-            "not a tfds dataset (e.g. fashion_mnist, mnist, cifar10, cifar100, stl10, "
-            "imagenet2012, imagenette)",
-        )
     _check(
         config, "data.image_size", lambda v: _is_int(v) and 8 <= v <= 1024, "an integer in 8..1024"
     )
@@ -146,4 +139,12 @@ def validate_config(
             key,
             lambda v: len(v) == 2 and all(0 <= p <= 1 for p in v),
             "two probabilities (view 1, view 2) in [0, 1]",
+        )
+    # Last: it imports TensorFlow Datasets, which takes seconds; the other checks answer faster.
+    if known_datasets is not None and not known_datasets(dataset):
+        raise ConfigError(
+            "data.dataset",
+            dataset,
+            "not a tfds dataset (e.g. fashion_mnist, mnist, cifar10, cifar100, stl10, "
+            "imagenet2012, imagenette)",
         )

@@ -27,6 +27,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.projector_hidden_dim = 512
     config.model.projector_dim = 128
     config.model.predictor_hidden_dim = 512
+    # 28 px images: the paper's crops down to 8% of the area and its always-on view-1 blur
+    # (tuned for 224 px) erase most of a garment. Measured at 2 epochs (single seed): crop >= 35%
+    # with view-1 blur at 0.5 gives linear 81.3 / kNN 73.6 vs 79.9 / 72.3 with the paper's values.
+    config.augment.crop_area_min = 0.35
+    config.augment.blur_prob = (0.5, 0.1)
     config.data.dataset = "fashion_mnist"
     config.data.eval_split = "test"
     config.data.source_size = 28

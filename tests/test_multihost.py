@@ -23,12 +23,10 @@ from configs import smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "smoke.py")
-# Checkpoints every 4 steps, all kept: step 4 compares layouts before float noise grows. XLA's
-# own convolutions compile faster than the CPU matmul path; the parallel code is the same.
+# Checkpoints every 4 steps, all kept: step 4 compares layouts before float noise grows.
 RUN_ARGS = [
     f"--config={SMOKE}",
     "--config.num_steps=14",
-    "--config.model.conv_impl=native",
     "--config.checkpoint_every_steps=4",
     "--config.keep_checkpoints=10",
 ]
