@@ -35,7 +35,9 @@ def _check_result(result):
 
 def test_bench_run_on_all_devices():
     # In-process on the test devices (8 fake CPU devices, see conftest.py).
-    result = bench.run(smoke.get_config(), repeats=1, warmup=1)
+    config = smoke.get_config()
+    config.model.conv_impl = "auto"  # what users get; the smoke config pins native for tests
+    result = bench.run(config, repeats=1, warmup=1)
     _check_result(result)
     assert result["devices"] == 8
     assert "end_to_end_images_per_sec" not in result
@@ -53,6 +55,7 @@ def test_bench_command_with_input_prints_one_json_line():
             "byol_jax.bench",
             "--config=configs/smoke.py",
             "--config.batch_size=8",
+            "--config.model.conv_impl=auto",
             "--repeats=1",
             "--warmup=1",
             "--input",
