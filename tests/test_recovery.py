@@ -2,6 +2,7 @@
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -176,3 +177,18 @@ def test_workdir_with_other_model_is_refused_unless_allowed(tmp_path):
     more_steps.model.encoder = "resnet18"
     more_steps.num_steps = 100
     train.check_and_save_config(more_steps, str(tmp_path))
+
+
+def test_sigint_and_sigterm_become_a_stop_request_and_handlers_are_restored():
+    from byol_jax import preemption
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with preemption.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: no KeyboardInterrupt, just the flag
+        assert stop.requested and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C interrupts at once
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with preemption.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal_name == "SIGTERM"
