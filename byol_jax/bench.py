@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from byol_jax import input_pipeline, parallel, train
+from byol_jax import parallel, train
 
 DEFAULT_NUM_CLASSES = 1000
 DEFAULT_NUM_TRAIN_EXAMPLES = 50_000
@@ -263,32 +263,13 @@ def run(
         "steps_per_repeat": steps_per_repeat,
     }
     if with_input:
-        data = config.data
-        info = input_pipeline.dataset_info(
-            data.dataset,
-            data.train_split,
-            data_dir=data.data_dir,
-            source_size=data.source_size,
-            idx_dir=data.idx_dir,
-        )
+        info = train.train_dataset_info(config)
         if info.num_classes > num_classes:
             raise ValueError(
-                f"{data.dataset} has {info.num_classes} classes but the probe has {num_classes}; "
-                "set --config.bench.num_classes"
+                f"{config.data.dataset} has {info.num_classes} classes but the probe has "
+                f"{num_classes}; set --config.bench.num_classes"
             )
-        host_batches = input_pipeline.train_batches(
-            data.dataset,
-            data.train_split,
-            data_dir=data.data_dir,
-            batch_size=config.batch_size // jax.process_count(),
-            source_size=data.source_size,
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            idx_dir=data.idx_dir,
-            shuffle_buffer=data.shuffle_buffer,
-            max_bad_records=data.max_bad_records,
-        )
+        host_batches = train.host_train_batches(config)
         device_batches = parallel.prefetch_to_device(host_batches, size=2)
         # At least 2 warm-up steps: the first pulls fill tf.data's buffers and the prefetch queue.
         state, input_times = _time_repeats(
@@ -300,7 +281,7 @@ def run(
             steps=steps_per_repeat,
         )
         end_to_end = config.batch_size / statistics.median(input_times)
-        result["dataset"] = data.dataset
+        result["dataset"] = config.data.dataset
         result["end_to_end_images_per_sec"] = end_to_end
         result["end_to_end_ratio"] = end_to_end / images_per_sec
     del state

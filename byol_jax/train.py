@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -194,6 +194,39 @@ def _digests_of_all_processes(host_state: Any, step: int) -> list[str]:
     return digests
 
 
+def train_dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+    """Size and classes of the training split named by ``config.data``."""
+    data = config.data
+    return input_pipeline.dataset_info(
+        data.dataset,
+        data.train_split,
+        data_dir=data.data_dir,
+        source_size=data.source_size,
+        idx_dir=data.idx_dir,
+    )
+
+
+def host_train_batches(
+    config: ml_collections.ConfigDict, start_step: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of the global training batches from ``start_step`` on."""
+    data = config.data
+    return input_pipeline.train_batches(
+        data.dataset,
+        data.train_split,
+        data_dir=data.data_dir,
+        batch_size=config.batch_size // jax.process_count(),
+        source_size=data.source_size,
+        seed=config.seed,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        idx_dir=data.idx_dir,
+        shuffle_buffer=data.shuffle_buffer,
+        max_bad_records=data.max_bad_records,
+    )
+
+
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
@@ -261,13 +294,7 @@ def train_and_evaluate(
         raise checkpoint.CheckpointError(f"cannot create workdir {workdir}: {error}") from error
     is_chief = jax.process_index() == 0
     data = config.data
-    info = input_pipeline.dataset_info(
-        data.dataset,
-        data.train_split,
-        data_dir=data.data_dir,
-        source_size=data.source_size,
-        idx_dir=data.idx_dir,
-    )
+    info = train_dataset_info(config)
     experiment = build_experiment(
         config, num_classes=info.num_classes, num_train_examples=info.num_examples
     )
@@ -287,21 +314,7 @@ def train_and_evaluate(
     state = parallel.replicate(host_state)
     del host_state
 
-    process_batch = config.batch_size // jax.process_count()
-    batches = input_pipeline.train_batches(
-        data.dataset,
-        data.train_split,
-        data_dir=data.data_dir,
-        batch_size=process_batch,
-        source_size=data.source_size,
-        seed=config.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        idx_dir=data.idx_dir,
-        shuffle_buffer=data.shuffle_buffer,
-        max_bad_records=data.max_bad_records,
-    )
+    batches = host_train_batches(config, start_step)
     device_batches = parallel.prefetch_to_device(batches, size=2)
     p_train_step = parallel.map_step(experiment.step_fn)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief)
