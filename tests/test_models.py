@@ -60,9 +60,8 @@ def test_zero_init_last_bn_scale():
     assert np.all(params["stage1_block1"]["bn1"]["scale"] == 1)
 
 
-@pytest.mark.parametrize("kernel_size,stride", [(1, 1), (1, 2), (3, 1), (3, 2), (7, 2)])
-def test_matmul_conv_equals_native_conv_outputs_and_gradients(kernel_size, stride):
-    x = jax.random.normal(jax.random.key(1), (2, 11, 11, 5))
+def _assert_conv_paths_agree(x, kernel_size, stride, grad_atol, grad_rtol=1e-7):
+    """The matmul convolution gives the native one's outputs and input/parameter gradients."""
     native = models.Conv(6, kernel_size, stride, impl="native")
     matmul = models.Conv(6, kernel_size, stride, impl="matmul")
     params = native.init(jax.random.key(2), x)
@@ -73,7 +72,17 @@ def test_matmul_conv_equals_native_conv_outputs_and_gradients(kernel_size, strid
     np.testing.assert_allclose(matmul.apply(params, x), native.apply(params, x), atol=1e-5)
     g_native = jax.grad(loss, argnums=(0, 1))(params, x, native)
     g_matmul = jax.grad(loss, argnums=(0, 1))(params, x, matmul)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_matmul, g_native)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=grad_atol, rtol=grad_rtol),
+        g_matmul,
+        g_native,
+    )
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(1, 1), (1, 2), (3, 1), (3, 2), (7, 2)])
+def test_matmul_conv_equals_native_conv_outputs_and_gradients(kernel_size, stride):
+    x = jax.random.normal(jax.random.key(1), (2, 11, 11, 5))
+    _assert_conv_paths_agree(x, kernel_size, stride, grad_atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -92,19 +101,7 @@ def test_matmul_conv_equals_native_conv_outputs_and_gradients(kernel_size, strid
 )
 def test_matmul_conv_fast_paths_equal_native(size, channels, kernel_size, stride):
     x = jax.random.normal(jax.random.key(1), (2, size, size + 1, channels))
-    native = models.Conv(6, kernel_size, stride, impl="native")
-    matmul = models.Conv(6, kernel_size, stride, impl="matmul")
-    params = native.init(jax.random.key(2), x)
-
-    def loss(p, x, module):
-        return jnp.sum(jnp.sin(module.apply(p, x)))
-
-    np.testing.assert_allclose(matmul.apply(params, x), native.apply(params, x), atol=1e-5)
-    g_native = jax.grad(loss, argnums=(0, 1))(params, x, native)
-    g_matmul = jax.grad(loss, argnums=(0, 1))(params, x, matmul)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4), g_matmul, g_native
-    )
+    _assert_conv_paths_agree(x, kernel_size, stride, grad_atol=2e-4, grad_rtol=1e-4)
 
 
 def test_live_taps_drop_only_padding():
