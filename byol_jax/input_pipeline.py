@@ -19,10 +19,12 @@ Determinism and exact resume: the training stream is a pure function of ``(seed,
 Resuming at ``start_step`` therefore only has to jump there. In-memory (IDX) data is one global
 stream, permuted per epoch by a stateless ``RandomIndexShuffle`` that maps any position to an
 example in O(1); process ``i`` of ``P`` takes rows ``[i*b, (i+1)*b)`` of every global batch, so
-the global batches are identical for any process count. Streamed tfds data is read as one
-contiguous shard per process (``tfds.even_splits``), shuffled with a buffer; a resumed stream
-skips at most one epoch of undecoded records (images are decoded after the skip). Its global
-batch has the same size but, for lack of random access, a composition that depends on ``P``.
+the global batches are identical for any process count. Streamed tfds data has no random
+access, so it is cut into a fixed number of contiguous shards (``data.stream_shards``), each a
+seeded, buffer-shuffled stream; every global batch takes an equal block of rows from every shard,
+and each process reads only the shards behind its own rows. The global batches are again the
+same for any process count dividing the shard count, and a resumed stream skips at most one epoch
+of undecoded records per shard (images are decoded after the skip).
 """
 
 from __future__ import annotations
@@ -527,12 +529,14 @@ def _derive_seed(seed: int, process_index: int) -> int:
     return int(state) & 0x7FFFFFFF
 
 
-def _raw_records(source: _Source, shard: tuple[int, int]) -> tuple[tf.data.Dataset, int]:
-    """This process's tfds shard as undecoded {'image', 'label': int32} records, and its size."""
+def _shard_splits(source: _Source, count: int) -> list[Any]:
+    """``source.split`` cut into ``count`` contiguous, near-equal parts (``tfds.even_splits``)."""
+    return [source.split] if count == 1 else _import_tfds().even_splits(source.split, n=count)
+
+
+def _raw_records(source: _Source, split: Any) -> tuple[tf.data.Dataset, int]:
+    """One (sub)split of a tfds source: undecoded {'image', 'label': int32} records, and size."""
     tf = _import_tf()
-    tfds = _import_tfds()
-    index, count = shard
-    split = source.split if count == 1 else tfds.even_splits(source.split, n=count)[index]
     n_local = _tfds_num_examples(source.builder, split)
     ds = source.builder.as_dataset(
         split=split,
@@ -667,6 +671,7 @@ def train_batches(
     process_count: int = 1,
     idx_dir: str = DEFAULT_IDX_DIR,
     shuffle_buffer: int = 10_000,
+    stream_shards: int = 1,
     max_bad_records: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite iterator of per-process batches.
@@ -681,9 +686,12 @@ def train_batches(
     on (exact resume); every epoch is reshuffled with its own derived seed. In-memory (IDX) data
     gets a full uniform permutation of the whole split per epoch, and process ``i`` yields rows
     ``[i*b, (i+1)*b)`` of each global batch: the concatenation over processes equals the
-    single-process stream with the global batch size. tfds data is read as a disjoint contiguous
-    shard per process (``tfds.even_splits``), shuffled with a buffer of ``shuffle_buffer``
-    records (files are always read in the same order).
+    single-process stream with the global batch size. tfds data is read as ``stream_shards``
+    fixed contiguous shards (``tfds.even_splits``), each shuffled with a buffer of
+    ``shuffle_buffer // stream_shards`` records (files are always read in the same order); each
+    global batch takes the same number of rows from every shard, and process ``i`` reads only
+    the shards behind its rows, so here too the global batches are the same for any process
+    count that divides ``stream_shards`` (see ``_sharded_record_stream``).
 
     ``max_bad_records``: records that fail to decode are skipped, counted and logged, up to this
     many per process; one more raises ``DatasetError`` (0, the default here, fails on the first).
@@ -732,21 +740,11 @@ def train_batches(
         ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(_decode_fn(False, source_size), num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        records, n_local = _raw_records(source, (process_index, process_count))
-        _check_shard(n_local, split, process_count)
-        buffer = min(shuffle_buffer, n_local)
-        base_seed = _derive_seed(seed, process_index)
-        # Position in this process's example stream.
-        first_epoch, offset = divmod(start_step * batch_size, n_local)
-
-        def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
-            # Each epoch's order depends only on (base_seed, epoch), so a resumed stream can
-            # start at the right epoch and skip only within it.
-            epoch_seed = tf.constant(base_seed, tf.int64) * 1_000_003 + epoch
-            return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-
-        ds = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_records)
-        ds = ds.skip(offset)  # Undecoded records: cheap.
+        ds = _sharded_record_stream(
+            source, split, seed=seed, start_step=start_step, batch_size=batch_size,
+            process_index=process_index, process_count=process_count,
+            stream_shards=stream_shards, shuffle_buffer=shuffle_buffer,
+        )  # fmt: skip
         # Each record carries its stream position, so the host can count the dropped ones.
         ds = ds.enumerate(start=start_step * batch_size).map(
             lambda position, ex: {**ex, "position": position}
@@ -763,6 +761,76 @@ def train_batches(
         )
     ds = ds.with_options(_deterministic_options()).prefetch(tf.data.AUTOTUNE)
     return _numpy_batches(ds, f"{dataset} {split} (train)")
+
+
+def _check_stream_shards(stream_shards: int, process_count: int, global_batch: int) -> None:
+    if stream_shards < 1 or stream_shards % process_count or global_batch % stream_shards:
+        raise DatasetError(
+            f"data.stream_shards={stream_shards} does not fit this run: streamed tfds data is "
+            "read as stream_shards fixed shards, so it must be a positive multiple of the "
+            f"process count ({process_count}) and divide the global batch ({global_batch}). "
+            "Keep one value for every process count you use: it fixes the data order."
+        )
+
+
+def _sharded_record_stream(
+    source: _Source,
+    split: str,
+    *,
+    seed: int,
+    start_step: int,
+    batch_size: int,
+    process_index: int,
+    process_count: int,
+    stream_shards: int,
+    shuffle_buffer: int,
+) -> tf.data.Dataset:
+    """This process's undecoded records, in the order that makes every global batch P-independent.
+
+    The split is cut into ``S = stream_shards`` contiguous shards (``tfds.even_splits``), each an
+    endless stream reshuffled every epoch with a seed of its own. Global batch k takes the next
+    ``B/S`` records of every shard, shard s filling rows ``[s*B/S, (s+1)*B/S)``. Process i of P owns
+    shards ``[i*S/P, (i+1)*S/P)``, which are exactly its rows ``[i*b, (i+1)*b)``: it reads only
+    those files, and the global batches do not depend on P. Each shard keeps a shuffle buffer of
+    ``shuffle_buffer // S`` records, so a process holds ``shuffle_buffer / P`` of them in memory.
+    """
+    tf = _import_tf()
+    global_batch = batch_size * process_count
+    _check_stream_shards(stream_shards, process_count, global_batch)
+    rows_per_shard = global_batch // stream_shards
+    shards_per_process = stream_shards // process_count
+    shard_buffer = max(1, shuffle_buffer // stream_shards)
+    if source.num_examples < stream_shards:  # even_splits would leave some shards empty
+        raise DatasetError(
+            f"Split {split!r} of {source.name!r} has {source.num_examples} examples, fewer "
+            f"than data.stream_shards={stream_shards}; use a larger split or fewer shards."
+        )
+    splits = _shard_splits(source, stream_shards)
+    # Records of each shard consumed by the first ``start_step`` global batches.
+    consumed = start_step * rows_per_shard
+
+    def shard_stream(shard: int) -> tf.data.Dataset:
+        records, n_shard = _raw_records(source, splits[shard])
+        shard_seed = _derive_seed(seed, shard)
+        first_epoch, offset = divmod(consumed, n_shard)
+
+        def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
+            # Each epoch's order depends only on (seed, shard, epoch), so a resumed stream
+            # starts at the right epoch and skips only within it.
+            epoch_seed = tf.constant(shard_seed, tf.int64) * 1_000_003 + epoch
+            buffer = min(shard_buffer, n_shard)
+            return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+        stream = tf.data.Dataset.counter(start=first_epoch).flat_map(epoch_records)
+        return stream.skip(offset)  # Undecoded records: cheap.
+
+    first = process_index * shards_per_process
+    streams = [shard_stream(s) for s in range(first, first + shards_per_process)]
+    if len(streams) == 1:
+        return streams[0]
+    # Local record j comes from local shard (j // rows_per_shard) mod S/P: blocks of B/S rows.
+    choice = tf.data.Dataset.counter().map(lambda j: (j // rows_per_shard) % shards_per_process)
+    return tf.data.Dataset.choose_from_datasets(streams, choice)
 
 
 def _count_bad_records(
@@ -826,13 +894,9 @@ def eval_batches(
         lo, hi = bounds[process_index]
         n_local, max_local = hi - lo, max(b - a for a, b in bounds)
     else:
-        tfds = _import_tfds()
-        ds, n_local = _raw_records(source, (process_index, process_count))
-        if process_count == 1:
-            max_local = n_local
-        else:
-            shards = tfds.even_splits(source.split, n=process_count)
-            max_local = max(_tfds_num_examples(source.builder, s) for s in shards)
+        shards = _shard_splits(source, process_count)
+        ds, n_local = _raw_records(source, shards[process_index])
+        max_local = max(_tfds_num_examples(source.builder, s) for s in shards)
     if max_local == 0:
         raise DatasetError(f"Split {split!r} of {dataset!r} is empty.")
     num_batches = -(-max_local // batch_size)
@@ -865,11 +929,3 @@ def eval_batches(
         ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.with_options(_deterministic_options()).prefetch(tf.data.AUTOTUNE)
     return _numpy_batches(ds, f"{dataset} {split} (eval)")
-
-
-def _check_shard(n_local: int, split: str, process_count: int) -> None:
-    if n_local <= 0:
-        raise DatasetError(
-            f"Split {split!r} has no examples for this process (process_count={process_count}); "
-            "use a larger split or fewer processes."
-        )

@@ -223,6 +223,7 @@ def host_train_batches(
         process_count=jax.process_count(),
         idx_dir=data.idx_dir,
         shuffle_buffer=data.shuffle_buffer,
+        stream_shards=data.stream_shards,
         max_bad_records=data.max_bad_records,
     )
 

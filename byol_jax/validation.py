@@ -118,6 +118,16 @@ def validate_config(
     _check(config, "data.eval_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
     _check(config, "data.mean", lambda v: len(v) == 3, "three per-channel values")
     _check(config, "data.std", lambda v: len(v) == 3 and min(v) > 0, "three positive values")
+    shards = _check(
+        config,
+        "data.stream_shards",
+        lambda v: _is_int(v) and v > 0 and v % process_count == 0,
+        f"a positive multiple of the process count ({process_count})",
+    )
+    if batch % shards:
+        raise ConfigError(
+            "batch_size", batch, f"must be divisible by data.stream_shards ({shards})"
+        )
     _check(config, "data.max_bad_records", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
     log_every = config.log_every_steps
     _check(

@@ -48,7 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.mean = IMAGENET_MEAN
     config.data.std = IMAGENET_STD
     config.data.idx_dir = "/usr/share/datasets/fashion-mnist"
-    config.data.shuffle_buffer = 10_000
+    config.data.shuffle_buffer = 10_000  # records, over all processes and stream shards
+    # Streamed tfds data is read as this many fixed shards, so the global batches are the same
+    # for any process count dividing it (1, 2, 4, ..., 64 hosts); it must divide batch_size.
+    config.data.stream_shards = 64
     config.data.max_bad_records = 100  # per process: undecodable records skipped (and counted)
     config.data.eval_batch_size = 512
 

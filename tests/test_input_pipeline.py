@@ -453,7 +453,7 @@ def test_prepared_tfds_sharding_and_eval(tiny_data_dir):
     for i in range(2):
         it = ip.train_batches(
             name, "train", data_dir=tiny_data_dir, batch_size=4, source_size=16, seed=0,
-            process_index=i, process_count=2,
+            process_index=i, process_count=2, stream_shards=2,
         )  # fmt: skip
         shard_size = 12 if i == 0 else 11  # tfds.even_splits of 23.
         labels = np.concatenate([b["label"] for b in _take(it, 6)])[:shard_size]
@@ -473,6 +473,67 @@ def test_prepared_tfds_sharding_and_eval(tiny_data_dir):
     assert seen_train[0] | seen_train[1] == set(range(_TINY_N))
     assert sorted(seen_eval) == list(range(_TINY_N))
     assert num_batches == [3, 3]
+
+
+def test_prepared_tfds_global_batches_do_not_depend_on_process_count(tiny_data_dir):
+    name, shards, global_batch, steps = "byol_test_tiny_images", 4, 8, 8
+
+    def global_stream(process_count: int, start_step: int = 0) -> list[dict[str, np.ndarray]]:
+        per_process = [
+            _take(
+                ip.train_batches(
+                    name, "train", data_dir=tiny_data_dir, batch_size=global_batch // process_count,
+                    source_size=16, seed=3, start_step=start_step, process_index=i,
+                    process_count=process_count, shuffle_buffer=16, stream_shards=shards,
+                ),
+                steps - start_step,
+            )
+            for i in range(process_count)
+        ]  # fmt: skip
+        return [
+            {k: np.concatenate([p[step][k] for p in per_process]) for k in ("image", "label")}
+            for step in range(steps - start_step)
+        ]
+
+    single = global_stream(1)
+    for process_count in (2, 4):
+        for a, b in zip(single, global_stream(process_count), strict=True):
+            _assert_batches_equal(a, b)
+    for a, b in zip(single[5:], global_stream(2, start_step=5), strict=True):
+        _assert_batches_equal(a, b)  # Exact resume, mid-epoch for every shard.
+
+    # Rows [2s, 2s+2) of every global batch come from shard s (the s-th of tfds.even_splits,
+    # read here straight from tfds), which serves each of its examples once per epoch.
+    builder = tfds.builder(name, data_dir=tiny_data_dir)
+    labels = np.stack([b["label"] for b in single])  # [steps, global_batch]
+    first_epochs = []
+    for s, split in enumerate(tfds.even_splits("train", n=shards)):
+        members = sorted(int(ex["label"]) for ex in tfds.as_numpy(builder.as_dataset(split=split)))
+        assert len(members) == (6 if s < 3 else 5)  # 23 = 6 + 6 + 6 + 5
+        from_shard = labels[:, 2 * s : 2 * s + 2].reshape(-1)
+        n = len(members)
+        assert sorted(from_shard[:n]) == members and sorted(from_shard[n : 2 * n]) == members
+        first_epochs.append(tuple(members.index(x) for x in from_shard[:5]))
+    # Every shard is shuffled with a seed of its own: not all in the same relative order.
+    assert len(set(first_epochs)) > 1
+
+
+@pytest.mark.parametrize(
+    "batch_size, process_count, stream_shards, message",
+    [
+        (4, 3, 4, "multiple of the process count \\(3\\)"),
+        (3, 2, 4, "divide the global batch \\(6\\)"),
+        (32, 1, 32, "fewer than data.stream_shards=32"),
+    ],
+)
+def test_stream_shards_that_do_not_fit_are_clear_errors(
+    tiny_data_dir, batch_size, process_count, stream_shards, message
+):
+    with pytest.raises(ip.DatasetError, match=message):
+        ip.train_batches(
+            "byol_test_tiny_images", "train", data_dir=tiny_data_dir, batch_size=batch_size,
+            source_size=16, seed=0, process_count=process_count, stream_shards=stream_shards,
+        )  # fmt: skip
 
 
 def test_prepared_tfds_unlabelled_grayscale(tiny_data_dir):
