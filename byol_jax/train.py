@@ -318,7 +318,7 @@ def train_and_evaluate(
     batches = host_train_batches(config, start_step)
     device_batches = parallel.prefetch_to_device(batches, size=2)
     p_train_step = parallel.map_step(experiment.step_fn)
-    writer = metrics_io.MetricsWriter(workdir, enabled=is_chief)
+    writer = metrics_io.MetricsWriter(workdir, enabled=is_chief, resume_step=restored_step)
 
     knn_monitor = _knn_monitor(config, experiment, info.num_classes)
     steps = experiment.total_steps

@@ -1,4 +1,4 @@
-"""Tests for byol_jax.input_pipeline.
+"""Tests for byol_jax.input_pipeline and byol_jax.idx_data.
 
 Three data paths are exercised without network access:
 * the offline IDX fallback, using the real Fashion-MNIST files of the Debian package
@@ -18,6 +18,7 @@ import struct
 import numpy as np
 import pytest
 
+from byol_jax import idx_data
 from byol_jax import input_pipeline as ip
 
 tf = pytest.importorskip("tensorflow")
@@ -125,7 +126,7 @@ def test_read_idx_roundtrip_and_corrupt_files(tmp_path):
 
 def test_resolve_slice_follows_tfds_semantics():
     sizes = {"train": 60000, "test": 10000}
-    r = ip._resolve_slice
+    r = idx_data.resolve_slice
     assert r("train", sizes) == ("train", 0, 60000)
     assert r("test[:10%]", sizes) == ("test", 0, 1000)
     assert r("train[:5000]", sizes) == ("train", 0, 5000)
@@ -137,7 +138,7 @@ def test_resolve_slice_follows_tfds_semantics():
         with pytest.raises(ip.DatasetError):
             r(bad, sizes)
     # Shards are contiguous, disjoint, cover the range, and differ in size by at most one.
-    bounds = [ip._even_shard_bounds(3, 26, i, 3) for i in range(3)]
+    bounds = [idx_data.even_shard_bounds(3, 26, i, 3) for i in range(3)]
     assert bounds == [(3, 11), (11, 19), (19, 26)]
 
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from byol_jax import checkpoint, train
+from byol_jax import checkpoint, metrics_io, train
 from configs import smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +80,14 @@ def test_kill9_then_relaunch_resumes_bitwise_identical(tmp_path):
     output = _run_to_end(killed)
     assert "resuming from step" in output
     _assert_bitwise_equal(_restore(killed)[0], ref_state, f"kill -9, then {output[:2000]}")
+
+    # Steps logged after the step-4 checkpoint by the killed run are not left as duplicates.
+    def losses(workdir):
+        return [
+            (r["step"], r["loss"]) for r in metrics_io.read_metrics(str(workdir)) if "loss" in r
+        ]
+
+    assert losses(killed) == losses(reference)
 
 
 def _toy_manager(tmp_path):
