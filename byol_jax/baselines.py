@@ -271,25 +271,21 @@ def evaluate_pretrained(
     ``options``: keywords of ``baseline_table`` (``linear``, ``knn_k``, ``run_knn``, ...).
     Writes the table as JSON to ``out_file`` when given.
     """
-    encoder, variables, spec = export.read_encoder(path, step=step)
-    load = functools.partial(
-        linear_eval.load_split,
-        dataset,
-        source_size=spec.source_size,
-        data_dir=data_dir,
-        idx_dir=idx_dir,
-    )
-    train, test = load(train_split), load(test_split)
+    inputs = export.read_for_evaluation(
+        path, dataset=dataset, train_split=train_split, test_split=test_split,
+        data_dir=data_dir, idx_dir=idx_dir, step=step,
+    )  # fmt: skip
+    spec = inputs.spec
     table = baseline_table(
-        encoder,
-        train,
-        test,
-        num_classes=int(np.max(train.labels)) + 1,
+        inputs.encoder,
+        inputs.train,
+        inputs.test,
+        num_classes=inputs.num_classes,
         image_size=spec.image_size,
         mean=spec.mean,
         std=spec.std,
         crop_fraction=spec.crop_fraction,
-        pretrained_variables=variables,
+        pretrained_variables=inputs.variables,
         **options,
     )
     if out_file:

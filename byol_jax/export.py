@@ -194,6 +194,43 @@ def read_encoder(
     return spec.build(conv_impl), dict(variables), spec
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluationInputs:
+    """A pretrained encoder and two labelled splits read at its pretraining source size."""
+
+    encoder: models.ResNet
+    variables: dict[str, Any]
+    spec: EncoderSpec
+    train: linear_eval.LabeledImages
+    test: linear_eval.LabeledImages
+
+    @property
+    def num_classes(self) -> int:
+        """Taken from the train split's labels (0..max)."""
+        return int(np.max(self.train.labels)) + 1
+
+
+def read_for_evaluation(
+    path: str,
+    *,
+    dataset: str,
+    train_split: str,
+    test_split: str,
+    data_dir: str | None,
+    idx_dir: str,
+    step: int | None = None,
+) -> EvaluationInputs:
+    """``read_encoder`` plus both splits in host memory: what the offline evaluations start from."""
+    encoder, variables, spec = read_encoder(path, step=step)
+
+    def load(split: str) -> linear_eval.LabeledImages:
+        return linear_eval.load_split(
+            dataset, split, source_size=spec.source_size, data_dir=data_dir, idx_dir=idx_dir
+        )
+
+    return EvaluationInputs(encoder, variables, spec, load(train_split), load(test_split))
+
+
 def export_encoder(workdir: str, out_dir: str, *, step: int | None = None) -> str:
     """Write ``out_dir/encoder.msgpack`` and ``out_dir/encoder.json``; returns ``out_dir``."""
     _, variables, spec = read_encoder(workdir, step=step)

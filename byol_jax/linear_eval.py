@@ -782,18 +782,17 @@ def evaluate_pretrained(
     """
     from byol_jax import export  # export imports this module: import lazily
 
-    encoder, variables, spec = export.read_encoder(path, step=step)
-    load = functools.partial(
-        load_split, dataset, source_size=spec.source_size, data_dir=data_dir, idx_dir=idx_dir
-    )
-    train, test = load(train_split), load(test_split)
-    num_classes = int(np.max(train.labels)) + 1
+    inputs = export.read_for_evaluation(
+        path, dataset=dataset, train_split=train_split, test_split=test_split,
+        data_dir=data_dir, idx_dir=idx_dir, step=step,
+    )  # fmt: skip
+    spec = inputs.spec
     result = linear_evaluation(
-        encoder,
-        variables,
-        train,
-        test,
-        num_classes=num_classes,
+        inputs.encoder,
+        inputs.variables,
+        inputs.train,
+        inputs.test,
+        num_classes=inputs.num_classes,
         image_size=spec.image_size,
         crop_fraction=spec.crop_fraction,
         mean=spec.mean,

@@ -114,7 +114,7 @@ def test_bad_path_is_explained(tmp_path):
 
 
 def test_evaluate_pretrained_writes_json(run, tmp_path):
-    from byol_jax import knn, linear_eval
+    from byol_jax import baselines, knn, linear_eval
 
     _, workdir, _, _ = run
     splits = dict(dataset="fashion_mnist", train_split="train[:64]", test_split="test[:32]")
@@ -135,10 +135,22 @@ def test_evaluate_pretrained_writes_json(run, tmp_path):
     assert written["settings"]["pretraining_step"] == 2
     assert written["settings"]["precomputed_features"] is True
 
-    result = knn.evaluate_pretrained(
+    knn_result = knn.evaluate_pretrained(
         workdir, out_file=str(tmp_path / "knn.json"), k=10, batch_size=256, **splits
     )
-    assert result["k"] == 10 and result["num_train_examples"] == 64
+    assert knn_result["k"] == 10 and knn_result["num_train_examples"] == 64
+
+    # The end-of-run table (--mode=baselines): its BYOL row is the same two evaluations.
+    linear = dict(augment=False, epochs=2, batch_size=32, feature_batch_size=256)
+    table_file = str(tmp_path / "eval_table.json")
+    table = baselines.evaluate_pretrained(
+        workdir, out_file=table_file, linear=linear, knn_k=10, **splits
+    )
+    with open(table_file) as f:
+        assert json.load(f) == table
+    assert set(table) == {"byol", "random_init", "raw_pixels"}
+    assert table["byol"]["linear_top1"] == pytest.approx(result["top1"])
+    assert table["byol"]["knn_top1"] == pytest.approx(knn_result["top1"])
 
 
 # Orbax's failed read leaves an asyncio callback behind; it is noise, not a test failure.
