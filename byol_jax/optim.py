@@ -9,6 +9,11 @@ decay they differ. This module builds the released order exactly:
     g ← g · η·‖w‖/‖g‖                  (masked trust ratio; ratio 1 where a norm is 0)
     m ← 0.9·m + g                      (trace)
     w ← w − lr_t·m
+
+``lars`` computes these four steps leaf by leaf in one function (``_lars_chain`` is the same
+optimizer as an ``optax.chain``; it defines the state layout and is the reference in tests).
+XLA:CPU compiled the chain, with its masked sub-transforms, to more passes over every parameter:
+LARS + EMA on the setup-A parameters took ~76 ms as a chain and ~42 ms fused (~8% of the step).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -50,6 +56,26 @@ def learning_rate_schedule(
     )
 
 
+def _is_pair(x: object) -> bool:
+    return isinstance(x, tuple)
+
+
+def _lars_chain(
+    learning_rate: float | optax.Schedule,
+    weight_decay: float,
+    momentum: float,
+    trust_coefficient: float,
+    mask: Callable[[optax.Params], optax.Params],
+) -> optax.GradientTransformation:
+    """LARS in the released order as a chain of optax transforms (the reference)."""
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
+        optax.trace(decay=momentum, nesterov=False),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 def lars(
     learning_rate: float | optax.Schedule,
     weight_decay: float,
@@ -57,10 +83,52 @@ def lars(
     trust_coefficient: float = 1e-3,
     mask: Callable[[optax.Params], optax.Params] = decay_mask,
 ) -> optax.GradientTransformation:
-    """LARS in the released BYOL order (see module docstring)."""
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=mask),
-        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
-        optax.trace(decay=momentum, nesterov=False),
-        optax.scale_by_learning_rate(learning_rate),
-    )
+    """LARS in the released BYOL order (see module docstring), fused leaf by leaf.
+
+    Same updates and the same state pytree as ``_lars_chain`` (so checkpoints are
+    interchangeable): ``(MaskedState, MaskedState, TraceState(trace), lr state)``, where the LR
+    state holds the step count when ``learning_rate`` is a schedule.
+    """
+    chain = _lars_chain(learning_rate, weight_decay, momentum, trust_coefficient, mask)
+
+    def leaf_update(
+        grad: jax.Array, param: jax.Array, trace: jax.Array, decay: bool, lr: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        if decay:
+            grad = grad + weight_decay * param
+            param_norm = jnp.linalg.norm(param)
+            grad_norm = jnp.linalg.norm(grad)
+            # As optax.scale_by_trust_ratio: ratio 1 where either norm is 0.
+            ratio = jnp.where(
+                (param_norm == 0.0) | (grad_norm == 0.0),
+                jnp.ones((), param.dtype),
+                trust_coefficient * param_norm / grad_norm,
+            )
+            grad = grad * ratio
+        trace = momentum * trace + grad
+        return trace, -lr.astype(trace.dtype) * trace
+
+    def update_fn(
+        updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, optax.OptState]:
+        if params is None:
+            raise ValueError("lars needs the parameters (trust ratio and weight decay)")
+        decay_state, ratio_state, trace_state, lr_state = state
+        if callable(learning_rate):
+            lr = jnp.asarray(learning_rate(lr_state.count))
+            lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
+        else:
+            lr = jnp.asarray(learning_rate)
+        pairs = jax.tree.map(
+            lambda g, w, m, d: leaf_update(g, w, m, d, lr),
+            updates,
+            params,
+            trace_state.trace,
+            mask(params),
+        )
+        new_trace = jax.tree.map(lambda pair: pair[0], pairs, is_leaf=_is_pair)
+        new_updates = jax.tree.map(lambda pair: pair[1], pairs, is_leaf=_is_pair)
+        new_state = (decay_state, ratio_state, trace_state._replace(trace=new_trace), lr_state)
+        return new_updates, new_state
+
+    return optax.GradientTransformation(chain.init, update_fn)

@@ -61,7 +61,8 @@ def test_zero_init_last_bn_scale():
 
 
 def _assert_conv_paths_agree(x, kernel_size, stride, grad_atol, grad_rtol=1e-7):
-    """The matmul convolution gives the native one's outputs and input/parameter gradients."""
+    """The CPU path (whichever convolution it picks for this shape) and ``conv_matmul`` itself
+    give the native convolution's outputs and input/parameter gradients."""
     native = models.Conv(6, kernel_size, stride, impl="native")
     matmul = models.Conv(6, kernel_size, stride, impl="matmul")
     params = native.init(jax.random.key(2), x)
@@ -69,14 +70,23 @@ def _assert_conv_paths_agree(x, kernel_size, stride, grad_atol, grad_rtol=1e-7):
     def loss(p, x, module):
         return jnp.sum(jnp.sin(module.apply(p, x)))
 
+    def im2col_loss(p, x):
+        return jnp.sum(jnp.sin(models.conv_matmul(x, p["params"]["kernel"], stride)))
+
+    kernel = params["params"]["kernel"]
     np.testing.assert_allclose(matmul.apply(params, x), native.apply(params, x), atol=1e-5)
+    np.testing.assert_allclose(
+        models.conv_matmul(x, kernel, stride), native.apply(params, x), atol=1e-5
+    )
     g_native = jax.grad(loss, argnums=(0, 1))(params, x, native)
     g_matmul = jax.grad(loss, argnums=(0, 1))(params, x, matmul)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, atol=grad_atol, rtol=grad_rtol),
-        g_matmul,
-        g_native,
-    )
+    g_im2col = jax.grad(im2col_loss, argnums=(0, 1))(params, x)
+    for grads in (g_matmul, g_im2col):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=grad_atol, rtol=grad_rtol),
+            grads,
+            g_native,
+        )
 
 
 @pytest.mark.parametrize("kernel_size,stride", [(1, 1), (1, 2), (3, 1), (3, 2), (7, 2)])
@@ -102,6 +112,30 @@ def test_matmul_conv_equals_native_conv_outputs_and_gradients(kernel_size, strid
 def test_matmul_conv_fast_paths_equal_native(size, channels, kernel_size, stride):
     x = jax.random.normal(jax.random.key(1), (2, size, size + 1, channels))
     _assert_conv_paths_agree(x, kernel_size, stride, grad_atol=2e-4, grad_rtol=1e-4)
+
+
+def test_cpu_path_uses_native_conv_only_where_it_measured_faster():
+    faster = models.native_conv_is_faster
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    # ResNet-18 at 32 px: the stem, stage 1 and the stride-1 convolutions of stage 2 (4x4).
+    assert faster(32, 32, 7, 2, f32)
+    assert faster(8, 8, 3, 1, f32) and faster(4, 4, 3, 1, f32)
+    # Strided 3x3, every 1x1, the 2x2/1x1 maps of stages 3-4, and other dtypes: conv_matmul.
+    assert not faster(8, 8, 3, 2, f32) and not faster(8, 8, 1, 1, f32)
+    assert not faster(2, 2, 3, 1, f32) and not faster(1, 1, 3, 1, f32)
+    assert not faster(4, 3, 3, 1, f32)
+    assert not faster(32, 32, 7, 2, bf16) and not faster(8, 8, 3, 1, bf16)
+
+    # The module dispatches on the rule: which primitive the CPU path traces.
+    def traced_primitives(module, x):
+        params = module.init(jax.random.key(0), x)
+        return {e.primitive.name for e in jax.make_jaxpr(module.apply)(params, x).eqns}
+
+    conv = models.Conv(4, 3, 1, impl="matmul")
+    assert "conv_general_dilated" in traced_primitives(conv, jnp.ones((1, 8, 8, 2)))
+    assert "conv_general_dilated" not in traced_primitives(conv, jnp.ones((1, 2, 2, 2)))
+    conv_bf16 = models.Conv(4, 3, 1, impl="matmul", dtype=jnp.bfloat16)
+    assert "conv_general_dilated" not in traced_primitives(conv_bf16, jnp.ones((1, 8, 8, 2)))
 
 
 def test_live_taps_drop_only_padding():

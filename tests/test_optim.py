@@ -82,6 +82,41 @@ def test_one_and_two_updates_match_numpy_with_changing_lr():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), params, expected)
 
 
+@pytest.mark.parametrize("schedule", [True, False])
+def test_fused_lars_equals_the_optax_chain_on_a_resnet_tree(schedule):
+    """The fused update gives the reference chain's updates and states, step after step."""
+    net = models.BYOLNetwork(models.build_encoder("resnet_tiny", stem="cifar"), 32, 16, 24)
+    params = net.init(jax.random.key(0), jnp.zeros((2, 16, 16, 3)))["params"]
+    # A zero kernel takes the trust ratio's zero-norm branch (ratio 1).
+    params["encoder"]["stem_conv"]["kernel"] = jnp.zeros_like(
+        params["encoder"]["stem_conv"]["kernel"]
+    )
+    lr = (lambda count: jnp.asarray([0.5, 2.0, 0.1])[count]) if schedule else 0.3
+    fused = optim.lars(lr, weight_decay=1e-2, momentum=0.9, trust_coefficient=1e-3)
+    chain = optim._lars_chain(lr, 1e-2, 0.9, 1e-3, optim.decay_mask)
+    fused_state, chain_state = fused.init(params), chain.init(params)
+    assert jax.tree.structure(fused_state) == jax.tree.structure(chain_state)
+    fused_params, chain_params = params, params
+    fused_update = jax.jit(fused.update)
+    keys = iter(jax.random.split(jax.random.key(1), 1000))
+    for step in range(3):
+        grads = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape), params)
+        if step == 0:  # A zero gradient of a decayed kernel: the other zero-norm branch.
+            grads["projector"]["output"]["kernel"] = jnp.zeros_like(
+                grads["projector"]["output"]["kernel"]
+            )
+        updates, fused_state = fused_update(grads, fused_state, fused_params)
+        expected, chain_state = chain.update(grads, chain_state, chain_params)
+        fused_params = optax.apply_updates(fused_params, updates)
+        chain_params = optax.apply_updates(chain_params, expected)
+        for a, b in zip(
+            jax.tree.leaves((updates, fused_state, fused_params)),
+            jax.tree.leaves((expected, chain_state, chain_params)),
+            strict=True,
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_learning_rate_schedule_scales_warms_up_and_decays():
     schedule = optim.learning_rate_schedule(0.2, batch_size=512, total_steps=100, warmup_steps=10)
     peak = 0.2 * 512 / 256
