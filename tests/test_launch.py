@@ -1,14 +1,10 @@
 """launch.py as a user runs it: bad configs fail in one line; a rerun resumes."""
 
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "configs", "smoke.py")
+from launch_helpers import ROOT, SMOKE, launch_command, launch_env
 
 BAD_CONFIGS = [
     (["--config.batch_size=-4"], "config.batch_size=-4"),
@@ -30,15 +26,12 @@ BAD_CONFIGS = [
 ]
 
 
-def _launch(args, workdir, extra_env=None):
-    env = dict(os.environ)
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-    env.update(extra_env or {})
+def _launch(args, workdir):
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch.py"), f"--workdir={workdir}", *args],
+        launch_command(workdir, *args),
         capture_output=True,
         text=True,
-        env=env,
+        env=launch_env(),
         cwd=ROOT,
         timeout=600,
     )

@@ -11,18 +11,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+from launch_helpers import SMOKE, restore_smoke_state, start_launch, wait_for_line
 
-from byol_jax import checkpoint, train
-from configs import smoke
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 # Checkpoints every 4 steps, all kept: step 4 compares layouts before float noise grows.
 RUN_ARGS = [
     f"--config={SMOKE}",
@@ -39,23 +33,15 @@ def _free_port() -> int:
 
 
 def _start(workdir, devices, *extra, process_id=None, port=None):
-    env = dict(
-        os.environ,
-        JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-        JAX_PLATFORMS="cpu",
-        PYTHONUNBUFFERED="1",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-    )
-    args = [sys.executable, os.path.join(ROOT, "launch.py"), f"--workdir={workdir}", *RUN_ARGS]
+    args = [*RUN_ARGS, *extra]
     if process_id is not None:
         args += [
             f"--coordinator_address=localhost:{port}",
             "--num_processes=2",
             f"--process_id={process_id}",
         ]
-    return subprocess.Popen(
-        [*args, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    return start_launch(workdir, *args, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
 
 
 def _start_pair(workdir, extra=((), ())):
@@ -70,27 +56,9 @@ def _finish(processes, timeout=400):
     return outputs
 
 
-def _restore(workdir, step):
-    experiment = train.build_experiment(smoke.get_config(), num_classes=10, num_train_examples=256)
-    template = jax.device_get(train.initial_state(experiment, 0))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    manager = checkpoint.create_manager(str(workdir))
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-
-
 def _summary(workdir):
     with open(workdir / "summary.json") as f:
         return json.load(f)
-
-
-def _wait_for_line(process, prefix, timeout=300):
-    lines, deadline = [], time.time() + timeout
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith(prefix):
-            return "".join(lines)
-        assert time.time() < deadline, "".join(lines)
-    raise AssertionError(f"no line starting with {prefix!r}:\n" + "".join(lines))
 
 
 def test_two_processes_match_one_process_stop_together_and_resume_bitwise(tmp_path):
@@ -106,16 +74,16 @@ def test_two_processes_match_one_process_stop_together_and_resume_bitwise(tmp_pa
 
     # Same global batches, same trajectory as 4 devices in one process. Float tolerance: the
     # cross-process reductions add in another order, and that noise grows with the steps.
-    flat_one = jax.tree.leaves(_restore(one, 4))
+    two_state, one_state = restore_smoke_state(two, 4)[0], restore_smoke_state(one, 4)[0]
     for (path, a), b in zip(
-        jax.tree_util.tree_flatten_with_path(_restore(two, 4))[0], flat_one, strict=True
+        jax.tree_util.tree_flatten_with_path(two_state)[0], jax.tree.leaves(one_state), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5, err_msg=jax.tree_util.keystr(path))
 
     # SIGTERM to the worker only: every process finishes the same step, it is checkpointed, all
     # exit 0. Relaunched, the run ends bitwise where the uninterrupted one ended.
     pair = _start_pair(interrupted)
-    _wait_for_line(pair[0], "step 6/14")
+    wait_for_line(pair[0], "step 6/14")
     pair[1].send_signal(signal.SIGTERM)
     chief_output = _finish(pair)[0]
     assert "stopped by a signal on another process after step" in chief_output, chief_output

@@ -3,45 +3,22 @@
 import errno
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from launch_helpers import SMOKE, restore_smoke_state, start_launch, wait_for_line
 
 from byol_jax import checkpoint, metrics_io, train
 from configs import smoke
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = os.path.join(ROOT, "configs", "smoke.py")
 # Long enough to interrupt mid-run; checkpoints every 4 steps. (SIGTERM, and resuming after it,
 # is tested with two processes in test_multihost.py.)
 RUN_ARGS = [f"--config={SMOKE}", "--config.num_steps=16", "--config.checkpoint_every_steps=4"]
 
 
 def _start(workdir):
-    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "launch.py"), f"--workdir={workdir}", *RUN_ARGS],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-
-
-def _wait_for(process, predicate, timeout=300):
-    """Read the process's output until a line satisfies ``predicate``; returns all lines."""
-    lines, deadline = [], time.time() + timeout
-    for line in process.stdout:
-        lines.append(line)
-        if predicate(line):
-            return lines
-        assert time.time() < deadline, "".join(lines)
-    raise AssertionError("process ended before the expected output:\n" + "".join(lines))
+    return start_launch(workdir, *RUN_ARGS)
 
 
 def _run_to_end(workdir):
@@ -49,12 +26,6 @@ def _run_to_end(workdir):
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     return output
-
-
-def _restore(workdir):
-    experiment = train.build_experiment(smoke.get_config(), num_classes=10, num_train_examples=256)
-    manager = checkpoint.create_manager(str(workdir))
-    return checkpoint.restore_latest(manager, jax.device_get(train.initial_state(experiment, 0)))
 
 
 def _assert_bitwise_equal(a, b, what):
@@ -65,21 +36,23 @@ def _assert_bitwise_equal(a, b, what):
 def test_kill9_then_relaunch_resumes_bitwise_identical(tmp_path):
     reference = tmp_path / "reference"
     _run_to_end(reference)
-    ref_state, ref_step = _restore(reference)
+    ref_state, ref_step = restore_smoke_state(reference)
     assert ref_step == 16
 
     # kill -9 after the step-4 checkpoint: the relaunch resumes from a complete checkpoint and
     # ends bitwise where the uninterrupted run ended.
     killed = tmp_path / "kill9"
     process = _start(killed)
-    _wait_for(process, lambda line: line.startswith("step 6/16"))
+    wait_for_line(process, "step 6/16")
     process.kill()
     process.wait(timeout=60)
     steps = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
     assert steps and 4 <= steps[-1] < 16
     output = _run_to_end(killed)
     assert "resuming from step" in output
-    _assert_bitwise_equal(_restore(killed)[0], ref_state, f"kill -9, then {output[:2000]}")
+    _assert_bitwise_equal(
+        restore_smoke_state(killed)[0], ref_state, f"kill -9, then {output[:2000]}"
+    )
 
     # Steps logged after the step-4 checkpoint by the killed run are not left as duplicates.
     def losses(workdir):
