@@ -14,7 +14,7 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.batch_size = 256
-    config.num_epochs = 4
+    config.num_epochs = 6  # 12 min 09 s end to end on a quiet 2-core CPU (4 epochs: 8 min 22 s)
     config.warmup_epochs = 0.5
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
