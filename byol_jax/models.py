@@ -1,9 +1,11 @@
 """Flax linen networks for BYOL: the ResNet encoder family, MLP heads, online/target networks.
 
 The encoder is ResNet v1.5 (stride on the 3x3 conv of bottleneck blocks) with an integer width
-multiplier that also widens the stem, an ImageNet stem (7x7/2 conv + 3x3/2 max-pool) or a CIFAR
-stem (3x3/1 conv, no pool), BatchNorm with momentum 0.9 / eps 1e-5 and an optional cross-device
-axis name so that statistics cover the whole global batch under `pmap`.
+multiplier that also widens the stem, and one of three stems: ImageNet (7x7/2 conv + 3x3/2
+max-pool), CIFAR (3x3/1 conv, no pool) or stride-2 (3x3/2 conv, no pool: half the CIFAR stem's
+resolution at a quarter of its cost, for small images such as 28 px). BatchNorm has momentum 0.9,
+eps 1e-5 and an optional cross-device axis name so that statistics cover the whole global batch
+under `pmap`.
 
 Convolutions and max-pooling have two interchangeable implementations with identical parameters:
 ``"native"`` (XLA's convolution, right on GPU/TPU) and ``"matmul"``, the CPU path. Its
@@ -31,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 CONV_IMPLS = ("native", "matmul")
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "cifar", "stride2")
 
 # He-normal with fan-out, the standard ResNet convolution initializer.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -302,7 +304,7 @@ class ResNet(nn.Module):
             x = nn.relu(norm(name="stem_bn")(x))
             x = max_pool_3x3_s2(x, self.conv_impl)
         else:
-            x = conv(channels, 3, 1, name="stem_conv")(x)
+            x = conv(channels, 3, 2 if self.stem == "stride2" else 1, name="stem_conv")(x)
             x = nn.relu(norm(name="stem_bn")(x))
 
         for stage, num_blocks in enumerate(self.stage_sizes):

@@ -39,9 +39,16 @@ def test_width_multiplier_widens_stem_and_embedding():
 
 
 @pytest.mark.parametrize(
-    "stem,size,expected_spatial", [("imagenet", 64, 2), ("cifar", 32, 4), ("cifar", 28, 4)]
+    "stem,size,expected_spatial",
+    [
+        ("imagenet", 64, 2),
+        ("cifar", 32, 4),
+        ("cifar", 28, 4),
+        ("stride2", 28, 2),
+        ("stride2", 32, 2),
+    ],
 )
-def test_output_shapes_for_both_stems(stem, size, expected_spatial):
+def test_output_shapes_for_every_stem(stem, size, expected_spatial):
     encoder = models.build_encoder("resnet_tiny", stem=stem)
     x = jnp.ones((2, size, size, 3))
     variables = encoder.init(jax.random.key(0), x, train=False)
