@@ -3,7 +3,7 @@
 Launch (the README quickstart runs exactly this):
   python launch.py --config=configs/fashion_mnist.py --workdir=workdirs/fashion_mnist
 Works offline: without a prepared tfds copy it reads Debian's dataset-fashion-mnist IDX files.
-Variant ``:long`` trains longer for higher accuracy.
+Variant ``:long`` trains 20 epochs for higher accuracy (about 50 min on 2 cores).
 """
 
 import ml_collections
@@ -13,20 +13,23 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config()
-    config.batch_size = 256
-    config.num_epochs = 6  # 12 min 09 s end to end on a quiet 2-core CPU (4 epochs: 8 min 22 s)
+    # Small batches: at a fixed number of epochs, 4x more updates lifted kNN by 4.8 points at
+    # 2 epochs (batch 64 vs 256, single seed) at the same images/s; the LR scales with the batch.
+    config.batch_size = 64
+    config.num_epochs = 5  # 12 min 33 s end to end on a quiet 2-core CPU: linear 84.0, kNN 79.4
     config.warmup_epochs = 0.5
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
     config.optimizer.base_lr = 2.0
     config.optimizer.weight_decay = 1e-5
-    config.base_tau = 0.99
+    config.base_tau = 0.98  # short run: a faster-moving target (+1.0 linear at 2 epochs)
     config.model.encoder = "resnet18"
     config.model.base_width = 32
     config.model.stem = "imagenet"  # 7x7 after the stem: 16x cheaper than the CIFAR stem
-    config.model.projector_hidden_dim = 512
-    config.model.projector_dim = 128
-    config.model.predictor_hidden_dim = 512
+    # Wider heads (2048 hidden, 256 out) added 1.9 linear points at 2 epochs for ~10% of the step.
+    config.model.projector_hidden_dim = 2048
+    config.model.projector_dim = 256
+    config.model.predictor_hidden_dim = 2048
     # 28 px images: the paper's crops down to 8% of the area and its always-on view-1 blur
     # (tuned for 224 px) erase most of a garment. Measured at 2 epochs (single seed): crop >= 35%
     # with view-1 blur at 0.5 gives linear 81.3 / kNN 73.6 vs 79.9 / 72.3 with the paper's values.
@@ -42,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.eval_batch_size = 1000
     # Evaluation that fits the 15-minute budget: kNN every 400 steps, then the table of linear
     # (on precomputed features) and kNN accuracy for BYOL, a random encoder and raw pixels.
-    config.eval.knn_every_steps = 400
+    config.eval.knn_every_steps = 1000
     config.eval.final_table = True
     config.eval.linear_augment = False
     config.eval.linear_epochs = 30
