@@ -153,23 +153,23 @@ def sample_decisions(key: jax.Array, params: ViewParams) -> dict[str, jax.Array]
 
 
 def _fallback_box(
-    height: int, width: int, aspect_range: tuple[float, float]
-) -> tuple[int, int, int, int]:
-    """torchvision's fallback: whole image, aspect clamped to the range, centred (static)."""
+    height: jax.Array, width: jax.Array, aspect_range: tuple[float, float]
+) -> jax.Array:
+    """torchvision's fallback: whole image, aspect clamped to the range, centred.
+
+    ``height``/``width`` are float32 scalars (possibly traced: the valid part of a padded source).
+    """
     in_ratio = width / height
-    if in_ratio < aspect_range[0]:
-        w, h = width, int(round(width / aspect_range[0]))
-    elif in_ratio > aspect_range[1]:
-        w, h = int(round(height * aspect_range[1])), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    too_tall, too_wide = in_ratio < aspect_range[0], in_ratio > aspect_range[1]
+    w = jnp.where(too_wide, jnp.round(height * aspect_range[1]), width)
+    h = jnp.where(too_tall, jnp.round(width / aspect_range[0]), height)
+    return jnp.stack([jnp.floor((height - h) / 2), jnp.floor((width - w) / 2), h, w])
 
 
 def sample_crop_box(
     key: jax.Array,
-    height: int,
-    width: int,
+    height: int | jax.Array,
+    width: int | jax.Array,
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
     num_attempts: int = NUM_CROP_ATTEMPTS,
@@ -178,7 +178,12 @@ def sample_crop_box(
 
     Area fraction ~ U[area_range], aspect (w/h) ~ log-U[aspect_range], integer sizes. All attempts
     are drawn at once and the first one that fits is kept, so there is no data-dependent loop.
+    `height`/`width` may be traced: the valid (unpadded) size of an image anchored at the top-left
+    corner of a padded source, so every box lies inside the valid region. Integer sizes give the
+    same boxes as traced ones of equal value (float32 arithmetic on exact integers).
     """
+    height = jnp.asarray(height, jnp.float32)
+    width = jnp.asarray(width, jnp.float32)
     u = _uniforms(key, 4 * num_attempts).reshape(4, num_attempts)
     area = height * width * _lerp(u[0], *area_range)
     aspect = jnp.exp(_lerp(u[1], math.log(aspect_range[0]), math.log(aspect_range[1])))
@@ -193,29 +198,82 @@ def sample_crop_box(
 
     first = jnp.argmax(fits)  # index of the first True (0 if none, masked below)
     box = jnp.stack([top[first], left[first], h[first], w[first]])
-    fallback = jnp.asarray(_fallback_box(height, width, aspect_range), jnp.float32)
+    fallback = _fallback_box(height, width, aspect_range)
     return jnp.where(jnp.any(fits), box, fallback).astype(jnp.float32)
 
 
+def _keys_cubic(x: jax.Array) -> jax.Array:
+    """Keys cubic kernel (a = -0.5), the one ``jax.image`` uses for "cubic"."""
+    out = ((1.5 * x - 2.5) * x) * x + 1.0
+    out = jnp.where(x >= 1.0, ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0, out)
+    return jnp.where(x >= 2.0, 0.0, out)
+
+
+def _masked_weights(
+    input_size: int, output_size: int, scale: jax.Array, translation: jax.Array, valid: jax.Array
+) -> jax.Array:
+    """Antialiased Keys-cubic resampling weights [input_size, output_size] that ignore inputs at
+    or beyond `valid` (the padding of a padded source): their taps are dropped and the rest
+    renormalised, exactly as `jax.image.scale_and_translate` treats taps outside the array.
+
+    Written out because jax's weights cannot be masked with a traced size: the arithmetic follows
+    `jax.image`'s (jax 0.10) step for step, so with `valid == input_size` the weights, hence the
+    crops, are bit-identical (tested), and square sources keep their exact views.
+    """
+    inv_scale = 1.0 / scale
+    kernel_scale = jnp.maximum(inv_scale, 1.0)  # widen the kernel when shrinking (antialias)
+    sample_f = (
+        (jnp.arange(output_size, dtype=jnp.float32) + 0.5) * inv_scale
+        - translation * inv_scale
+        - 0.5
+    )
+    indices = jnp.arange(input_size, dtype=jnp.float32)
+    weights = _keys_cubic(jnp.abs(sample_f[None, :] - indices[:, None]) / kernel_scale)
+    weights = jnp.where(indices[:, None] < valid, weights, 0.0)
+    total = jnp.sum(weights, axis=0, keepdims=True)
+    eps = 1000.0 * float(jnp.finfo(jnp.float32).eps)
+    weights = jnp.where(jnp.abs(total) > eps, weights / jnp.where(total != 0, total, 1), 0.0)
+    inside = (sample_f >= -0.5) & (sample_f <= valid - 0.5)
+    return jnp.where(inside[None, :], weights, 0.0)
+
+
 def crop_and_resize(
-    image: jax.Array, box: jax.Array, out_size: int, method: str = "cubic"
+    image: jax.Array,
+    box: jax.Array,
+    out_size: int,
+    method: str = "cubic",
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """Resample the (possibly traced) box (top, left, h, w) of float [H, W, C] to out_size^2.
 
     Uses the inverse warp of `scale_and_translate`, so the crop never materialises with a dynamic
-    shape. Not clipped: cubic overshoot is removed by the caller.
+    shape. Not clipped: cubic overshoot is removed by the caller. `valid` (int [2], height and
+    width of the image in the top-left corner of a padded source; cubic only) keeps the padding
+    out of the result: resampling taps that fall on it are dropped like taps off the array.
     """
     top, left, h, w = box[0], box[1], box[2], box[3]
     scale = jnp.stack([out_size / h, out_size / w])
     translation = jnp.stack([-top * out_size / h, -left * out_size / w])
-    return jax.image.scale_and_translate(
-        image,
-        (out_size, out_size, image.shape[-1]),
-        spatial_dims=(0, 1),
-        scale=scale,
-        translation=translation,
-        method=method,
-        antialias=True,
+    if valid is None:
+        return jax.image.scale_and_translate(
+            image,
+            (out_size, out_size, image.shape[-1]),
+            spatial_dims=(0, 1),
+            scale=scale,
+            translation=translation,
+            method=method,
+            antialias=True,
+        )
+    if method != "cubic":
+        raise ValueError(
+            f"crop_and_resize with `valid` supports method='cubic' only, not {method!r}"
+        )
+    valid = jnp.asarray(valid, jnp.float32)
+    rows = _masked_weights(image.shape[0], out_size, scale[0], translation[0], valid[0])
+    cols = _masked_weights(image.shape[1], out_size, scale[1], translation[1], valid[1])
+    # The same contraction as jax.image's, so unpadded sources give bit-identical crops.
+    return jnp.einsum(
+        image, [0, 1, 2], rows, [0, 3], cols, [1, 4], [3, 4, 2], precision=lax.Precision.HIGHEST
     )
 
 
@@ -242,13 +300,18 @@ def random_resized_crop(
     out_size: int,
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """Random resized crop of [H, W, C] (uint8 or float) to float32 [out_size, out_size, C] in
-    [0, 1], bicubic."""
-    height, width = image.shape[0], image.shape[1]
+    [0, 1], bicubic. With `valid` (int [2]: the image's height and width in the top-left corner of
+    a padded source) the box is sampled relative to, and resampled only from, that region."""
+    if valid is None:
+        height, width = image.shape[0], image.shape[1]
+    else:
+        height, width = valid[0], valid[1]
     box = sample_crop_box(key, height, width, area_range, aspect_range)
     # Resize before broadcasting grayscale to RGB: a third of the work.
-    return jnp.clip(crop_and_resize(to_float(image), box, out_size), 0.0, 1.0)
+    return jnp.clip(crop_and_resize(to_float(image), box, out_size, valid=valid), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,12 +453,24 @@ def solarize(image: jax.Array, threshold: float = 0.5) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def augment_image(key: jax.Array, image: jax.Array, out_size: int, params: ViewParams) -> jax.Array:
+def augment_image(
+    key: jax.Array,
+    image: jax.Array,
+    out_size: int,
+    params: ViewParams,
+    valid: jax.Array | None = None,
+) -> jax.Array:
     """One example. image: uint8 [H, W, C] with C in {1, 3} (C==1 is broadcast to 3 channels).
-    Returns float32 [out_size, out_size, 3] in [0, 1]. Not normalized."""
+    Returns float32 [out_size, out_size, 3] in [0, 1]. Not normalized. `valid` (int [2]): the
+    image's size in the top-left corner of a padded source (see `random_resized_crop`)."""
     draws = sample_view(key, params)
     x = random_resized_crop(
-        op_keys(key)["crop"], image, out_size, params.crop_area_range, params.crop_aspect_range
+        op_keys(key)["crop"],
+        image,
+        out_size,
+        params.crop_area_range,
+        params.crop_aspect_range,
+        valid=valid,
     )
     x = to_rgb(x)
     x = jnp.where(draws["flip"], x[:, ::-1, :], x)
@@ -423,12 +498,18 @@ def augment_image(key: jax.Array, image: jax.Array, out_size: int, params: ViewP
 
 
 def augment_batch(
-    keys: jax.Array, images: jax.Array, out_size: int, params: ViewParams
+    keys: jax.Array,
+    images: jax.Array,
+    out_size: int,
+    params: ViewParams,
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """vmap of augment_image over a batch: keys [B] (one key per example, typed or raw), images
-    uint8 [B,H,W,C]."""
+    uint8 [B,H,W,C], optional valid int [B, 2] (each image's size inside its padded source)."""
     fn = functools.partial(augment_image, out_size=out_size, params=params)
-    return jax.vmap(fn)(keys, images)
+    if valid is None:
+        return jax.vmap(fn)(keys, images)
+    return jax.vmap(fn)(keys, images, valid=valid)
 
 
 def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:

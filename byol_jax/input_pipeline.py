@@ -3,8 +3,13 @@
 tf.data is used only to read, decode, resize and batch images on the host CPU; all augmentation
 happens on the accelerator in JAX. Every iterator yields plain numpy dicts:
 
-* ``train_batches``: infinite, shuffled, ``{'image': uint8 [B, S, S, 3], 'label': int32 [B]}``.
-* ``eval_batches``: one pass, unshuffled, padded; adds ``'mask'`` (bool [B]).
+* ``train_batches``: infinite, shuffled, ``{'image': uint8 [B, S, S, 3], 'label': int32 [B]}``
+  plus, for datasets whose images are not all square (e.g. ImageNet), ``'valid': int32 [B, 2]``:
+  the whole image, longer side resized to S and zero-padded at the bottom/right to a square,
+  with its valid (height, width); the device draws its random crops from that region only.
+  Datasets of square images (Fashion-MNIST, CIFAR) are resized whole, exactly as before.
+* ``eval_batches``: one pass, unshuffled, padded; shorter side resized to S and centre-cropped
+  to a square (the standard resize/centre-crop evaluation); adds ``'mask'`` (bool [B]).
 
 Data sources, tried in this order:
 
@@ -129,6 +134,9 @@ class _Source:
     split: str = ""
     encoded_image: bool = True
     has_label: bool = True
+    # Every image is square (IDX data; tfds features with a static square shape): training
+    # batches then keep today's format, whole square images with no 'valid' sizes.
+    square: bool = True
 
 
 def _base_name(dataset: str) -> str:
@@ -232,6 +240,12 @@ def _check_features(dataset: str, image: Any, label: Any) -> None:
         )
 
 
+def _statically_square(shape: Any) -> bool:
+    """Whether an image feature of this (height, width, channels) shape is always square."""
+    height, width = tuple(shape)[:2]
+    return height is not None and height == width
+
+
 def _tfds_source(builder: Any, dataset: str, split: str) -> _Source:
     tfds = _import_tfds()
     features = builder.info.features
@@ -263,6 +277,7 @@ def _tfds_source(builder: Any, dataset: str, split: str) -> _Source:
         split=split,
         encoded_image=isinstance(features["image"], tfds.features.Image),
         has_label=label is not None,
+        square=_statically_square(features["image"].shape),
     )
 
 
@@ -402,6 +417,59 @@ def _resize_and_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(out, out_shape)
 
 
+def _resize_and_pad(image: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Resizes the longer side to ``size`` (keeping aspect ratio) and zero-pads the bottom and
+    right to ``size`` x ``size``; returns the image and its valid ``[height, width]`` (int32).
+
+    The whole image is kept, so the device's random resized crop can be drawn from all of it
+    (``augment.random_resized_crop`` with ``valid``); the padding never enters a view. Works on one
+    image [H, W, 3] or a batch of equally sized images [N, H, W, 3] (one shared valid size).
+    Square images end up exactly as ``_resize_and_crop`` leaves them.
+    """
+    tf = _import_tf()
+    static_h, static_w = image.shape[-3], image.shape[-2]
+    out_shape = [*image.shape[:-3], size, size, 3]
+    full = tf.constant([size, size], tf.int32)
+    if static_h == size and static_w == size:
+        return image, full  # Already the right size: no resampling, exact pixels.
+
+    def resize() -> tuple[tf.Tensor, tf.Tensor]:
+        h, w = tf.shape(image)[-3], tf.shape(image)[-2]
+        scale = size / tf.cast(tf.maximum(h, w), tf.float32)
+        new_h = tf.clip_by_value(
+            tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32), 1, size
+        )
+        new_w = tf.clip_by_value(
+            tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32), 1, size
+        )
+        # Antialiasing keeps downscaling (e.g. ImageNet -> source_size) free of aliasing.
+        resized = tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True)
+        resized = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+        padded = tf.image.pad_to_bounding_box(resized, 0, 0, size, size)
+        return padded, tf.stack([new_h, new_w])
+
+    if static_h is not None and static_w is not None:
+        out, valid = resize()
+    else:
+        h, w = tf.shape(image)[-3], tf.shape(image)[-2]
+        out, valid = tf.cond(tf.logical_and(h == size, w == size), lambda: (image, full), resize)
+    return tf.ensure_shape(out, out_shape), tf.ensure_shape(valid, [2])
+
+
+def _train_decode_fn(encoded: bool, size: int):
+    """Per-example (tfds records) or per-batch (in-memory arrays) conversion for training: the
+    whole image, padded to a square, plus ``valid`` (int32 [2], or [N, 2] for a batch)."""
+    tf = _import_tf()
+
+    def decode(ex: dict[str, Any]) -> dict[str, Any]:
+        image, valid = _resize_and_pad(_to_rgb_uint8(ex["image"], encoded), size)
+        if image.shape.rank == 4:  # A batch of equally sized images shares one valid size.
+            valid = tf.tile(valid[None], [tf.shape(image)[0], 1])
+        return {**ex, "image": image, "valid": valid}
+
+    return decode
+
+
 def _decode_fn(encoded: bool, size: int):
     """Per-example (tfds records) or per-batch (in-memory arrays) image conversion."""
 
@@ -479,8 +547,11 @@ def train_batches(
     Yields ``{'image': uint8 [batch_size, S, S, 3], 'label': int32 [batch_size]}`` with
     S = ``source_size``; ``batch_size`` is the per-process batch, so the global batch is
     ``batch_size * process_count``. Images are decoded, grayscale is replicated to 3 channels,
-    and the shorter side is resized to S followed by a central S x S crop (skipped when already
-    S x S). Labels are -1 for unlabelled datasets.
+    the longer side is resized to S and the bottom/right zero-padded to S x S (skipped when
+    already S x S). Unless the dataset's images are statically square (IDX data, tfds features
+    of shape (n, n, c)), batches also carry ``'valid'``: int32 [batch_size, 2], the (height,
+    width) of each image inside its square, so the device's random resized crop covers the
+    whole image and never the padding. Labels are -1 for unlabelled datasets.
 
     ``start_step=k`` yields exactly the batches a ``start_step=0`` iterator yields from its k-th
     on (exact resume); every epoch is reshuffled with its own derived seed. In-memory (IDX) data
@@ -538,6 +609,7 @@ def train_batches(
         # All images have one size, so gather, convert and resize whole batches at once.
         ds = tf.data.Dataset.counter(start=start_step).map(positions)
         ds = ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+        # IDX images are square: resized whole, as before (no 'valid' needed).
         ds = ds.map(_decode_fn(False, source_size), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = _sharded_record_stream(
@@ -549,7 +621,10 @@ def train_batches(
         ds = ds.enumerate(start=start_step * batch_size).map(
             lambda position, ex: {**ex, "position": position}
         )
-        decode = _decode_fn(source.encoded_image, source_size)
+        if source.square:  # The whole image already: no padding, batches as before.
+            decode = _decode_fn(source.encoded_image, source_size)
+        else:
+            decode = _train_decode_fn(source.encoded_image, source_size)
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         if max_bad_records > 0:
             ds = ds.ignore_errors()

@@ -36,11 +36,17 @@ def make_views(
     view_params: tuple[augment.ViewParams, augment.ViewParams],
     mean: Sequence[float],
     std: Sequence[float],
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Two independently augmented, normalized views of a local uint8 batch."""
+    """Two independently augmented, normalized views of a local uint8 batch.
+
+    ``valid`` (int [B, 2]): each image's (height, width) in the top-left corner of its padded
+    source (``input_pipeline.train_batches``); crops are drawn from there only. None: the whole
+    array is the image.
+    """
     keys_1, keys_2 = example_keys(seed, step, parallel.global_example_index(images.shape[0]))
-    view_1 = augment.augment_batch(keys_1, images, image_size, view_params[0])
-    view_2 = augment.augment_batch(keys_2, images, image_size, view_params[1])
+    view_1 = augment.augment_batch(keys_1, images, image_size, view_params[0], valid)
+    view_2 = augment.augment_batch(keys_2, images, image_size, view_params[1], valid)
     return augment.normalize(view_1, mean, std), augment.normalize(view_2, mean, std)
 
 
@@ -85,6 +91,7 @@ def train_step(
         view_params=view_params,
         mean=mean,
         std=std,
+        valid=batch.get("valid"),  # absent from synthetic benchmark batches
     )
 
     # The target needs no gradient; run it outside the differentiated function.

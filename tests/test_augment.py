@@ -481,3 +481,199 @@ def test_view_params_validation():
     with pytest.raises(ValueError):
         augment.ViewParams(crop_area_range=(0.0, 1.0))
     assert dataclasses.replace(VIEW2, blur_prob=1.0, solarize_prob=0.0) == VIEW1
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole-image crops from padded sources (``valid``).
+# ----------------------------------------------------------------------------------------------
+
+
+def _previous_sample_crop_box(key, height: int, width: int, area_range, aspect_range):
+    """The sampler as it was before ``valid`` existed (static Python sizes), kept verbatim here
+    to show that square and unpadded sources still get the very same boxes."""
+    u = augment._uniforms(key, 4 * 10).reshape(4, 10)
+    area = height * width * augment._lerp(u[0], *area_range)
+    aspect = jnp.exp(augment._lerp(u[1], math.log(aspect_range[0]), math.log(aspect_range[1])))
+    w = jnp.round(jnp.sqrt(area * aspect))
+    h = jnp.round(jnp.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    top = jnp.clip(jnp.floor(u[2] * (height - h + 1)), 0, jnp.maximum(height - h, 0))
+    left = jnp.clip(jnp.floor(u[3] * (width - w + 1)), 0, jnp.maximum(width - w, 0))
+    first = jnp.argmax(fits)
+    box = jnp.stack([top[first], left[first], h[first], w[first]])
+    in_ratio = width / height
+    if in_ratio < aspect_range[0]:
+        fw, fh = width, int(round(width / aspect_range[0]))
+    elif in_ratio > aspect_range[1]:
+        fw, fh = int(round(height * aspect_range[1])), height
+    else:
+        fw, fh = width, height
+    fallback = jnp.asarray([(height - fh) // 2, (width - fw) // 2, fh, fw], jnp.float32)
+    return jnp.where(jnp.any(fits), box, fallback).astype(jnp.float32)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "area_range"),
+    [(28, 28, (0.08, 1.0)), (64, 48, (0.08, 1.0)), (30, 40, (0.9, 1.0)), (40, 30, (0.99, 1.0))],
+)
+def test_crop_boxes_equal_previous_sampler(height, width, area_range):
+    """Static sizes and traced valid sizes both reproduce the previous sampler bit for bit
+    (including its fallback, which the large areas force)."""
+    keys = _keys(21, 512)
+    aspect_range = (3 / 4, 4 / 3)
+    old = jax.jit(
+        jax.vmap(lambda k: _previous_sample_crop_box(k, height, width, area_range, aspect_range))
+    )(keys)
+    static = jax.jit(
+        jax.vmap(lambda k: augment.sample_crop_box(k, height, width, area_range, aspect_range))
+    )(keys)
+    traced = jax.jit(
+        jax.vmap(lambda k, v: augment.sample_crop_box(k, v[0], v[1], area_range, aspect_range))
+    )(keys, np.tile(np.int32([height, width]), (512, 1)))
+    np.testing.assert_array_equal(np.asarray(static), np.asarray(old))
+    np.testing.assert_array_equal(np.asarray(traced), np.asarray(old))
+
+
+@pytest.mark.parametrize(("size", "channels", "out_size"), [(28, 1, 28), (40, 3, 24)])
+def test_views_without_valid_equal_the_previous_code(monkeypatch, size, channels, out_size):
+    """Sources of square images carry no ``valid`` (see input_pipeline), and their views are
+    bit for bit those of the previous code: the same pipeline compiled with the previous crop
+    sampler patched back in gives identical arrays, so Fashion-MNIST / CIFAR results stand."""
+    images = _images(8, 64, size, channels)
+    keys = _keys(9, 64)
+
+    def views(params):  # a fresh jit each call, so the patched sampler is traced
+        return np.asarray(
+            jax.jit(lambda k, x: augment.augment_batch(k, x, out_size, params))(keys, images)
+        )
+
+    current = [views(p) for p in (VIEW1, VIEW2)]
+    monkeypatch.setattr(
+        augment,
+        "sample_crop_box",
+        lambda key, h, w, area, aspect: _previous_sample_crop_box(key, h, w, area, aspect),
+    )
+    for now, params in zip(current, (VIEW1, VIEW2), strict=True):
+        np.testing.assert_array_equal(now, views(params))
+
+
+@pytest.mark.parametrize(("size", "channels", "out_size"), [(28, 1, 28), (40, 3, 24)])
+def test_views_with_full_valid_size_match_views_without(size, channels, out_size):
+    """A source whose valid size is the whole array gets the same views as without ``valid``
+    (same boxes; the masked resampling weights equal jax.image's up to float rounding)."""
+    images = _images(8, 64, size, channels)
+    keys = _keys(9, 64)
+    valid = np.tile(np.int32([size, size]), (64, 1))
+    for params in (VIEW1, VIEW2):
+        plain = _augment_batch(keys, images, out_size, params)
+        masked = _augment_batch(keys, images, out_size, params, valid)
+        np.testing.assert_allclose(np.asarray(masked), np.asarray(plain), atol=1e-5)
+
+
+def test_masked_resize_matches_jax_image_without_padding():
+    """Boxes that shrink, enlarge and touch the borders: with valid == full the masked weights
+    resample like jax.image (to float rounding)."""
+    image = jnp.asarray(_images(10, 1, 36, 3)[0], jnp.float32) / 255.0
+    boxes = [[0, 0, 36, 36], [3, 5, 7, 9], [10, 0, 26, 20], [0, 16, 30, 20], [1, 1, 33, 35]]
+    for box in boxes:
+        box = jnp.asarray(box, jnp.float32)
+        plain = _crop_and_resize(image, box, 16)
+        masked = _crop_and_resize(image, box, 16, valid=jnp.int32([36, 36]))
+        np.testing.assert_allclose(np.asarray(masked), np.asarray(plain), atol=1e-6)
+
+
+@pytest.mark.parametrize("valid", [(30, 20), (20, 30)])
+def test_padding_never_enters_a_view(valid):
+    """A constant image padded with a different constant: every crop of the valid region stays
+    exactly that constant (up to float rounding), although the antialiasing kernel of small
+    output sizes reaches far into the padding. Unmasked, the same boxes do pick up padding."""
+    n, out_size = 256, 8  # heavy shrinking: kernels span several source pixels
+    source = np.full((30, 30, 3), 255, np.uint8)
+    source[: valid[0], : valid[1]] = 64
+    keys = _keys(13, n)
+
+    def masked(key, v):
+        return augment.random_resized_crop(key, source, out_size, valid=v)
+
+    out = jax.jit(jax.vmap(masked, in_axes=(0, None)))(keys, jnp.int32(valid))
+    np.testing.assert_allclose(np.asarray(out), 64 / 255, atol=1e-5)
+
+    def unmasked(key):
+        box = augment.sample_crop_box(key, *valid)
+        return augment.crop_and_resize(augment.to_float(jnp.asarray(source)), box, out_size)
+
+    leaky = jax.jit(jax.vmap(unmasked))(keys)
+    assert np.abs(np.asarray(leaky) - 64 / 255).max() > 0.05
+
+
+def _numpy_crop_boxes(rng: np.random.Generator, n: int, height: int, width: int) -> np.ndarray:
+    """The paper's (Inception / torchvision RandomResizedCrop) sampler in plain NumPy, as an
+    independent reference: 10 tries of area U[0.08, 1] and log-uniform aspect [3/4, 4/3], the
+    first that fits wins, else the whole image with its aspect clamped, centred."""
+    boxes = np.zeros((n, 4))
+    for i in range(n):
+        for _ in range(10):
+            area = height * width * rng.uniform(0.08, 1.0)
+            aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            w = int(round(math.sqrt(area * aspect)))
+            h = int(round(math.sqrt(area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = rng.integers(0, height - h + 1)
+                left = rng.integers(0, width - w + 1)
+                boxes[i] = (top, left, h, w)
+                break
+        else:
+            ratio = width / height
+            w = int(round(height * 4 / 3)) if ratio > 4 / 3 else width
+            h = int(round(width * 4 / 3)) if ratio < 3 / 4 else height
+            boxes[i] = ((height - h) // 2, (width - w) // 2, h, w)
+    return boxes
+
+
+def _ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic sup |F_a - F_b|."""
+    grid = np.union1d(a, b)
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+@pytest.mark.parametrize(("height", "width"), [(300, 200), (200, 300)])
+def test_crop_distribution_on_padded_non_square_source(height, width):
+    """Boxes drawn inside the valid part of a 300 x 300 padded source follow the paper's
+    distribution relative to the valid image (two-sample KS against the NumPy reference, for
+    area fraction, aspect ratio and the box centre), stay inside it, and reach all of it."""
+    n = 4000
+    keys = _keys(17, n)
+    valid = jnp.int32([height, width])
+    boxes = jax.jit(jax.vmap(lambda k, v: augment.sample_crop_box(k, v[0], v[1]), (0, None)))(
+        keys, valid
+    )
+    top, left, h, w = np.asarray(boxes, np.float64).T
+    ref_top, ref_left, ref_h, ref_w = _numpy_crop_boxes(
+        np.random.default_rng(5), n, height, width
+    ).T
+
+    assert np.all((top >= 0) & (left >= 0) & (h >= 1) & (w >= 1))
+    assert np.all(top + h <= height) and np.all(left + w <= width)
+    # KS critical value at alpha = 1e-3 for two samples of n: 1.95 * sqrt(2 / n) = 0.044.
+    critical = 1.95 * math.sqrt(2 / n)
+    stats = {
+        "area": (h * w / (height * width), ref_h * ref_w / (height * width)),
+        "aspect": (w / h, ref_w / ref_h),
+        "centre_y": ((top + h / 2) / height, (ref_top + ref_h / 2) / height),
+        "centre_x": ((left + w / 2) / width, (ref_left + ref_w / 2) / width),
+    }
+    for name, (ours, ref) in stats.items():
+        assert _ks_statistic(ours, ref) < critical, name
+    # The test has power: the old centre-square crop (boxes relative to a 200 x 200 square)
+    # has a clearly different area fraction relative to the whole image.
+    side = min(height, width)
+    square = _numpy_crop_boxes(np.random.default_rng(6), n, side, side)
+    square_area = square[:, 2] * square[:, 3] / (height * width)
+    assert _ks_statistic(square_area, stats["area"][1]) > 3 * critical
+
+    covered = np.zeros((height, width), bool)
+    for t, x, hh, ww in np.asarray(boxes, np.int64):
+        covered[t : t + hh, x : x + ww] = True
+    assert covered.all()  # every pixel, corners included, appears in some view

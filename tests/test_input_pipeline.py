@@ -52,11 +52,17 @@ def _assert_batches_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) ->
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def _check_batch(batch: dict[str, np.ndarray], batch_size: int, size: int) -> None:
+def _check_batch(
+    batch: dict[str, np.ndarray], batch_size: int, size: int, whole_image: bool = False
+) -> None:
     assert batch["image"].shape == (batch_size, size, size, 3)
     assert batch["image"].dtype == np.uint8
     assert batch["label"].shape == (batch_size,)
     assert batch["label"].dtype == np.int32
+    # Only sources of non-square images send valid sizes; square ones keep the old format.
+    assert ("valid" in batch) == whole_image
+    if whole_image:
+        assert batch["valid"].shape == (batch_size, 2) and batch["valid"].dtype == np.int32
 
 
 @pytest.fixture()
@@ -439,13 +445,40 @@ def test_prepared_tfds_info_resize_and_resume(tiny_data_dir):
         )  # fmt: skip
 
     ref = _take(make(), 10)  # 50 examples, > 2 epochs of 23.
-    _check_batch(ref[0], 5, 16)
+    _check_batch(ref[0], 5, 16, whole_image=True)
     labels = np.concatenate([b["label"] for b in ref])
     assert sorted(labels[:_TINY_N]) == list(range(_TINY_N))
     assert sorted(labels[_TINY_N : 2 * _TINY_N]) == list(range(_TINY_N))
     assert not np.array_equal(labels[:_TINY_N], labels[_TINY_N : 2 * _TINY_N])
     for k in (4, 9):  # Step 4 straddles the first epoch boundary (examples 20..24).
         _assert_batches_equal(next(make(k)), ref[k])
+
+
+def test_prepared_tfds_whole_image_resize_and_padding(tiny_data_dir):
+    """Non-square images: the longer side becomes the source size, the aspect ratio is kept, the
+    rest of the square is zero padding, and ``valid`` says where the image is."""
+    name = "byol_test_tiny_images"
+    size = 16
+    batches = _take(
+        ip.train_batches(
+            name, "train", data_dir=tiny_data_dir, batch_size=_TINY_N, source_size=size, seed=0
+        ),
+        1,
+    )
+    rng = np.random.default_rng(0)  # the builder's generator, replayed
+    raw = [rng.integers(0, 256, (12 + i % 5, 20 - i % 3, 3), np.uint8) for i in range(_TINY_N)]
+    batch = batches[0]
+    for image, label, valid in zip(batch["image"], batch["label"], batch["valid"], strict=True):
+        h, w = raw[label].shape[:2]
+        scale = size / max(h, w)
+        expected = (min(size, round(h * scale)), min(size, round(w * scale)))
+        assert tuple(valid) == expected and max(expected) == size
+        assert abs(expected[1] / expected[0] - w / h) < 0.1  # aspect kept, to rounding
+        assert not image[valid[0] :].any() and not image[:, valid[1] :].any()  # zero padding
+        # The image part is a plain resize of the whole original (nothing cropped away).
+        resized = tf.image.resize(raw[label], expected, method="bilinear", antialias=True)
+        ref = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(image[: valid[0], : valid[1]], ref)
 
 
 def test_prepared_tfds_sharding_and_eval(tiny_data_dir):
@@ -492,7 +525,10 @@ def test_prepared_tfds_global_batches_do_not_depend_on_process_count(tiny_data_d
             for i in range(process_count)
         ]  # fmt: skip
         return [
-            {k: np.concatenate([p[step][k] for p in per_process]) for k in ("image", "label")}
+            {
+                k: np.concatenate([p[step][k] for p in per_process])
+                for k in ("image", "label", "valid")
+            }
             for step in range(steps - start_step)
         ]
 
