@@ -56,6 +56,8 @@ class EncoderSpec:
     std: tuple[float, ...]
     embedding_dim: int
     step: int | None = None  # pretraining step of the weights
+    padding: str = "symmetric"  # model.padding (older encoder.json files lack it)
+    projection_shortcuts: bool = False  # model.projection_shortcuts
 
     def build(self, conv_impl: str = "auto") -> models.ResNet:
         """The encoder module (cross-device BN axis set, so it can also be fine-tuned)."""
@@ -70,6 +72,8 @@ class EncoderSpec:
             axis_name=parallel.AXIS_NAME,
             dtype=jnp.dtype(self.dtype),
             conv_impl=conv_impl,
+            padding=self.padding,
+            projection_shortcuts=self.projection_shortcuts,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -101,6 +105,8 @@ def spec_from_config(config: Mapping[str, Any], step: int | None = None) -> Enco
         std=tuple(float(s) for s in data["std"]),
         embedding_dim=0,
         step=step,
+        padding=model.get("padding", "symmetric"),
+        projection_shortcuts=bool(model.get("projection_shortcuts", False)),
     )
     return dataclasses.replace(spec, embedding_dim=models.embedding_dim(spec.build("native")))
 

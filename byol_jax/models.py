@@ -34,15 +34,34 @@ import jax.numpy as jnp
 
 CONV_IMPLS = ("native", "matmul")
 STEMS = ("imagenet", "cifar", "stride2")
+# "symmetric": k//2 on every side (torchvision); "same": XLA/TensorFlow 'SAME', as the released
+# Haiku network, which pads one less at the top/left for stride 2 on even sizes.
+PADDINGS = ("symmetric", "same")
 
 # He-normal with fan-out, the standard ResNet convolution initializer.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _same_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    # Symmetric k//2 padding as in torchvision and the released code (not XLA's asymmetric SAME).
+    # Symmetric k//2 padding as in torchvision. The released BYOL (Haiku) network uses 'SAME'
+    # instead, asymmetric for stride 2 on even sizes: ``padding="same"`` (see ``window_pads``).
     p = (kernel_size - 1) // 2
     return ((p, p), (p, p))
+
+
+def window_pads(size: int, window: int, stride: int, padding: str) -> tuple[int, int]:
+    """(before, after) padding of one spatial axis for a ``window``-wide conv/pool.
+
+    "same" is XLA/TensorFlow 'SAME': ceil(size / stride) outputs, the odd pixel of padding
+    after. For odd windows it differs from "symmetric" only at stride 2 on even sizes, e.g. the
+    7x7/2 stem at 224 px pads (2, 3) instead of (3, 3) and 3x3/2 pads (0, 1) instead of (1, 1).
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if padding == "symmetric":
+        return (window - 1) // 2, (window - 1) // 2
+    total = max((-(-size // stride) - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
 
 
 def _strided_window_slices(
@@ -99,13 +118,19 @@ def conv_matmul(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return patches @ kernel.reshape(-1, features)
 
 
-def native_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """XLA's k x k convolution (k//2 padding on every side); HWIO kernel, NHWC."""
+def native_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int,
+    pads: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> jax.Array:
+    """XLA's k x k convolution (k//2 padding on every side unless ``pads`` says otherwise);
+    HWIO kernel, NHWC."""
     return jax.lax.conv_general_dilated(
         x,
         kernel,
         window_strides=(stride, stride),
-        padding=_same_padding(kernel.shape[0]),
+        padding=pads or _same_padding(kernel.shape[0]),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
 
@@ -133,13 +158,18 @@ def native_conv_is_faster(
 
 
 class Conv(nn.Module):
-    """Bias-free square convolution with k//2 padding and a selectable implementation."""
+    """Bias-free square convolution with k//2 padding and a selectable implementation.
+
+    ``padding="same"``: XLA's 'SAME' padding (released-network parity); where it differs from
+    k//2 (stride 2 on even sizes) XLA's convolution is used whatever ``impl`` says.
+    """
 
     features: int
     kernel_size: int
     stride: int = 1
     impl: str = "native"
     dtype: Any = jnp.float32
+    padding: str = "symmetric"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -148,6 +178,9 @@ class Conv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if self.impl not in CONV_IMPLS:
             raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {self.impl!r}")
+        pads = tuple(window_pads(n, k, self.stride, self.padding) for n in x.shape[1:3])
+        if pads != _same_padding(k):
+            return native_conv(x, kernel, self.stride, pads)
         if self.impl == "native" or native_conv_is_faster(
             x.shape[1], x.shape[2], k, self.stride, x.dtype
         ):
@@ -201,12 +234,16 @@ def _max_pool_bwd(residuals: tuple[jax.Array, jax.Array], grad: jax.Array) -> tu
 _max_pool_slices.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool_3x3_s2(x: jax.Array, impl: str) -> jax.Array:
-    """3x3 max-pool, stride 2, padding 1 (the ImageNet stem's pool).
+def max_pool_3x3_s2(x: jax.Array, impl: str, padding: str = "symmetric") -> jax.Array:
+    """3x3 max-pool, stride 2, padding 1 (the ImageNet stem's pool); ``padding="same"``: XLA's
+    'SAME' (0 before, 1 after on even sizes), always with XLA's pool.
 
     ``"matmul"`` (the CPU path) takes the maximum of 9 strided slices and routes the gradient
     with a custom VJP to the first maximal element of each window, like the native pool.
     """
+    pads = tuple(window_pads(n, 3, 2, padding) for n in x.shape[1:3])
+    if pads != ((1, 1), (1, 1)):
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
     if impl == "native":
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     return _max_pool_slices(x)
@@ -229,13 +266,15 @@ def batch_norm(
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34)."""
+    """Two 3x3 convolutions (ResNet-18/34). ``projection``: a 1x1 projection shortcut even where
+    the identity fits (the released network's first block of every stage)."""
 
     features: int
     stride: int
     norm: Callable[..., nn.Module]
     conv: Callable[..., nn.Module]
     zero_init_last_bn: bool = False
+    projection: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -244,20 +283,22 @@ class BasicBlock(nn.Module):
         y = nn.relu(self.norm(name="bn1")(y))
         y = self.conv(self.features, 3, 1, name="conv2")(y)
         y = self.norm(name="bn2", zero_init=self.zero_init_last_bn)(y)
-        if self.stride != 1 or x.shape[-1] != self.features:
+        if self.projection or self.stride != 1 or x.shape[-1] != self.features:
             residual = self.conv(self.features, 1, self.stride, name="shortcut_conv")(x)
             residual = self.norm(name="shortcut_bn")(residual)
         return nn.relu(y + residual)
 
 
 class BottleneckBlock(nn.Module):
-    """1x1 → 3x3 (strided, v1.5) → 1x1 with 4x expansion (ResNet-50 and deeper)."""
+    """1x1 → 3x3 (strided, v1.5) → 1x1 with 4x expansion (ResNet-50 and deeper). The first
+    block of every stage changes the width, so it always has a projection shortcut."""
 
     features: int
     stride: int
     norm: Callable[..., nn.Module]
     conv: Callable[..., nn.Module]
     zero_init_last_bn: bool = False
+    projection: bool = False  # accepted for symmetry; the shortcut there is a projection anyway
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -274,7 +315,13 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet v1.5 trunk returning global-average-pooled features [N, C] in float32."""
+    """ResNet v1.5 trunk returning global-average-pooled features [N, C] in float32.
+
+    Released-network parity options (defaults: torchvision's ResNet): ``padding="same"``
+    (XLA 'SAME' in every conv and the stem's pool), ``zero_init_last_bn`` (last BN scale of each
+    residual branch starts at 0) and ``projection_shortcuts`` (a 1x1 projection in the first
+    block of every stage, which changes only ResNet-18/34's first stage).
+    """
 
     stage_sizes: Sequence[int]
     block: str  # "basic" or "bottleneck"
@@ -282,6 +329,8 @@ class ResNet(nn.Module):
     base_width: int = 64
     stem: str = "imagenet"
     zero_init_last_bn: bool = False
+    padding: str = "symmetric"
+    projection_shortcuts: bool = False
     axis_name: str | None = None
     dtype: Any = jnp.float32
     conv_impl: str = "native"
@@ -292,7 +341,9 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
-        conv = functools.partial(Conv, impl=self.conv_impl, dtype=self.dtype)
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        conv = functools.partial(Conv, impl=self.conv_impl, dtype=self.dtype, padding=self.padding)
         norm = functools.partial(
             batch_norm, train=train, axis_name=self.axis_name, dtype=self.dtype
         )
@@ -302,7 +353,7 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             x = conv(channels, 7, 2, name="stem_conv")(x)
             x = nn.relu(norm(name="stem_bn")(x))
-            x = max_pool_3x3_s2(x, self.conv_impl)
+            x = max_pool_3x3_s2(x, self.conv_impl, self.padding)
         else:
             x = conv(channels, 3, 2 if self.stem == "stride2" else 1, name="stem_conv")(x)
             x = nn.relu(norm(name="stem_bn")(x))
@@ -315,6 +366,7 @@ class ResNet(nn.Module):
                     norm=norm,
                     conv=conv,
                     zero_init_last_bn=self.zero_init_last_bn,
+                    projection=self.projection_shortcuts and index == 0,
                     name=f"stage{stage + 1}_block{index + 1}",
                 )(x)
         return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
@@ -397,6 +449,8 @@ def build_encoder(
     axis_name: str | None = None,
     dtype: Any = jnp.float32,
     conv_impl: str = "native",
+    padding: str = "symmetric",
+    projection_shortcuts: bool = False,
 ) -> ResNet:
     """Encoder by name (see ``ENCODERS``); ``base_width=None`` keeps the variant's default."""
     if name not in ENCODERS:
@@ -409,6 +463,8 @@ def build_encoder(
         axis_name=axis_name,
         dtype=dtype,
         conv_impl=conv_impl,
+        padding=padding,
+        projection_shortcuts=projection_shortcuts,
         **extra,
     )
 

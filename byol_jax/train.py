@@ -93,6 +93,8 @@ def build_experiment(
         base_width=model.base_width or None,
         stem=model.stem,
         zero_init_last_bn=model.zero_init_last_bn,
+        padding=model.padding,
+        projection_shortcuts=model.projection_shortcuts,
         axis_name=parallel.AXIS_NAME,
         dtype=dtype,
         conv_impl=resolve_conv_impl(model.conv_impl),
@@ -236,6 +238,8 @@ def _format_duration(seconds: float) -> str:
 
 # Config sections that must not change under an existing run's checkpoints.
 _FIXED_KEYS = ("model", "data.dataset", "data.image_size", "data.source_size", "seed")
+# Keys added after runs were saved without them: a missing key meant this (the old behaviour).
+_ADDED_KEY_DEFAULTS = {"model.padding": "symmetric", "model.projection_shortcuts": False}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -264,7 +268,8 @@ def check_and_save_config(
         changed = sorted(
             key
             for key in set(old) | set(flat_new)
-            if key.startswith(_FIXED_KEYS) and old.get(key) != flat_new.get(key)
+            if key.startswith(_FIXED_KEYS)
+            and old.get(key, _ADDED_KEY_DEFAULTS.get(key)) != flat_new.get(key)
         )
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {flat_new.get(k)!r}" for k in changed[:5])

@@ -101,6 +101,9 @@ def validate_config(
     _check(config, "model.stem", lambda v: v in models.STEMS, f"one of {models.STEMS}")
     _check(config, "model.dtype", lambda v: v in DTYPES, f"one of {DTYPES}")
     _check(config, "model.conv_impl", lambda v: v in CONV_IMPLS, f"one of {CONV_IMPLS}")
+    _check(config, "model.padding", lambda v: v in models.PADDINGS, f"one of {models.PADDINGS}")
+    for key in ("zero_init_last_bn", "projection_shortcuts"):
+        _check(config, f"model.{key}", lambda v: isinstance(v, bool), "True or False")
     for key in ("projector_hidden_dim", "projector_dim", "predictor_hidden_dim"):
         _check(config, f"model.{key}", lambda v: _is_int(v) and v > 0, "a positive integer")
 

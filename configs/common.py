@@ -30,7 +30,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.width = 1
     config.model.base_width = 64
     config.model.stem = "imagenet"
+    # Released-network parity switches (configs/imagenet.py turns them on): the last BN scale of
+    # every residual branch starts at 0; "same" = XLA 'SAME' padding (asymmetric at stride 2);
+    # a 1x1 projection shortcut in the first block of every stage (changes ResNet-18/34 only).
     config.model.zero_init_last_bn = False
+    config.model.padding = "symmetric"  # or "same"
+    config.model.projection_shortcuts = False
     config.model.projector_hidden_dim = 4096
     config.model.projector_dim = 256
     config.model.predictor_hidden_dim = 4096
@@ -42,7 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ml_collections.config_dict.placeholder(str)
     config.data.train_split = "train"
     config.data.eval_split = "validation"
-    config.data.source_size = 256  # host resizes/crops to this square uint8 size
+    # Host resize: training keeps the whole image, longer side -> source_size, padded to a square
+    # (square datasets: just resized); evaluation resizes the shorter side and centre-crops.
+    config.data.source_size = 256
     config.data.image_size = 224  # training resolution after the on-device random crop
     config.data.eval_crop_fraction = 0.875  # 224 of 256 at test time
     config.data.mean = IMAGENET_MEAN

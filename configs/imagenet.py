@@ -32,4 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = preset["weight_decay"]
     config.base_tau = preset["base_tau"]
     config.model.dtype = "bfloat16"
+    # The released network (byol/utils/networks.py on Haiku's ResNet v1): zero-initialised last
+    # BN of each bottleneck, 'SAME' padding, projection shortcuts in every stage's first block.
+    config.model.zero_init_last_bn = True
+    config.model.padding = "same"
+    config.model.projection_shortcuts = True
     return config

@@ -237,3 +237,94 @@ def test_batch_norm_statistics_cover_all_devices():
         x.reshape(n, 2, 5)
     )
     np.testing.assert_allclose(mapped.reshape(-1, 3), expected, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Released-network parity options: 'SAME' padding, projection shortcuts, zero-init.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_window_pads_symmetric_and_same():
+    assert models.window_pads(224, 7, 2, "symmetric") == (3, 3)
+    assert models.window_pads(224, 7, 2, "same") == (2, 3)  # the stem at 224 px
+    assert models.window_pads(112, 3, 2, "same") == (0, 1)  # the pool, strided 3x3s
+    assert models.window_pads(113, 3, 2, "same") == (1, 1)  # odd sizes: symmetric anyway
+    assert models.window_pads(56, 3, 1, "same") == (1, 1)
+    assert models.window_pads(56, 1, 2, "same") == (0, 0)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        models.window_pads(8, 3, 1, "reflect")
+
+
+@pytest.mark.parametrize("impl", ["native", "matmul"])
+@pytest.mark.parametrize(("size", "kernel_size", "stride"), [(8, 3, 2), (9, 3, 2), (16, 7, 2)])
+def test_same_padding_conv_and_pool_equal_xla_same(impl, size, kernel_size, stride):
+    """padding="same" is XLA's own 'SAME' (as Haiku's Conv2D and max_pool use it)."""
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    conv = models.Conv(4, kernel_size, stride, impl=impl, padding="same")
+    params = conv.init(jax.random.key(1), x)
+    expected = jax.lax.conv_general_dilated(
+        x, params["params"]["kernel"], (stride, stride), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+    np.testing.assert_allclose(conv.apply(params, x), expected, atol=1e-5)
+    pooled = models.max_pool_3x3_s2(x, impl, "same")
+    reference = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+    np.testing.assert_array_equal(pooled, reference)
+
+
+def test_same_padding_changes_the_encoder_only_on_even_sizes():
+    def features(padding, size, impl="native"):
+        encoder = models.build_encoder("resnet_tiny", padding=padding, conv_impl=impl)
+        x = jax.random.uniform(jax.random.key(3), (2, size, size, 3))
+        variables = encoder.init(jax.random.key(0), x, train=False)  # same params for both
+        return encoder.apply(variables, x, train=False)
+
+    # 33 px: every strided layer sees an odd size, where 'SAME' is symmetric.
+    np.testing.assert_allclose(features("same", 33), features("symmetric", 33), atol=1e-6)
+    assert np.abs(features("same", 32) - features("symmetric", 32)).max() > 1e-3
+    np.testing.assert_allclose(features("same", 32, "matmul"), features("same", 32), atol=1e-5)
+
+
+def test_projection_shortcuts_in_every_first_block():
+    plain = models.build_encoder("resnet18")
+    released = models.build_encoder("resnet18", projection_shortcuts=True)
+    # One extra 1x1 conv (64 -> 64) and its BN scale/bias in stage 1: 64*64 + 2*64.
+    assert _param_count(released) == _param_count(plain) + 64 * 64 + 2 * 64
+    params = jax.eval_shape(lambda: released.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))[
+        "params"
+    ]
+    for stage in range(1, 5):
+        assert "shortcut_conv" in params[f"stage{stage}_block1"]
+        assert "shortcut_conv" not in params[f"stage{stage}_block2"]
+    # Bottleneck stages already project in their first block: ResNet-50 is unchanged.
+    r50 = models.build_encoder("resnet50", projection_shortcuts=True)
+    assert _param_count(r50) == 25_557_032 - 2_049_000
+
+
+def test_zero_init_last_bn_of_bottleneck_blocks():
+    encoder = models.ResNet(
+        stage_sizes=(1, 1, 1, 1), block="bottleneck", base_width=8, zero_init_last_bn=True
+    )
+    params = encoder.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))["params"]
+    for stage in range(1, 5):
+        block = params[f"stage{stage}_block1"]
+        assert np.all(block["bn3"]["scale"] == 0)
+        assert np.all(block["bn1"]["scale"] == 1) and np.all(block["bn2"]["scale"] == 1)
+        assert np.all(block["shortcut_bn"]["scale"] == 1)
+
+
+def test_imagenet_config_selects_the_released_network_and_defaults_do_not():
+    from configs import fashion_mnist, imagenet
+
+    model = imagenet.get_config().model
+    assert (model.zero_init_last_bn, model.padding, model.projection_shortcuts) == (
+        True,
+        "same",
+        True,
+    )
+    default = fashion_mnist.get_config().model
+    assert (default.zero_init_last_bn, default.padding, default.projection_shortcuts) == (
+        False,
+        "symmetric",
+        False,
+    )

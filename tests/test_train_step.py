@@ -119,3 +119,34 @@ def test_bfloat16_loss_curve_tracks_float32():
     assert f32[0] - f32[-3:].mean() > 0.5, f32
     assert np.max(np.abs(bf16 - f32)) < 0.25, (f32, bf16)
     assert abs(bf16.mean() - f32.mean()) < 0.05 * f32.mean(), (f32, bf16)
+
+
+def test_padding_of_whole_image_batches_does_not_reach_the_step(experiment, host_state):
+    """Batches of non-square sources carry each image's valid size; the pixels outside it (the
+    host's padding) must not influence the update at all, while the image pixels do."""
+    batch = _batch(seed=5)
+    rng = np.random.default_rng(6)
+    batch["valid"] = np.stack([rng.integers(6, 17, 16), rng.integers(6, 17, 16)], 1).astype(
+        np.int32
+    )
+    batch["valid"][np.arange(16) % 2 == 0, 0] = 16  # landscape and portrait images
+    batch["valid"][np.arange(16) % 2 == 1, 1] = 16
+    outside = np.ones((16, 16, 16), bool)
+    for i, (h, w) in enumerate(batch["valid"]):
+        outside[i, :h, :w] = False
+    other_padding = {**batch, "image": batch["image"].copy()}
+    other_padding["image"][outside] = 255 - other_padding["image"][outside]
+    other_image = {**batch, "image": batch["image"].copy()}
+    other_image["image"][~outside] = 255 - other_image["image"][~outside]
+
+    step = parallel.map_step(experiment.step_fn, donate_state=False)
+    states = [
+        parallel.fetch(step(parallel.replicate(host_state), parallel.shard_batch(b))[0])
+        for b in (batch, other_padding, other_image)
+    ]
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[2]), strict=True)
+    )
