@@ -218,7 +218,7 @@ def host_train_batches(
         data.train_split,
         data_dir=data.data_dir,
         batch_size=config.batch_size // jax.process_count(),
-        source_size=data.source_size,
+        source_size=data.train_source_size or data.source_size,
         seed=config.seed,
         start_step=start_step,
         process_index=jax.process_index(),

@@ -117,6 +117,12 @@ def validate_config(
         lambda v: _is_int(v) and 8 <= v <= 2048,
         "an integer in 8..2048 (the host-side square size)",
     )
+    _check(
+        config,
+        "data.train_source_size",
+        lambda v: _is_int(v) and 0 <= v <= 4096,
+        "an integer in 0..4096 (0: use data.source_size)",
+    )
     _check(config, "data.eval_crop_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]")
     _check(config, "data.eval_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
     _check(config, "data.mean", lambda v: len(v) == 3, "three per-channel values")

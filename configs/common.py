@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Host resize: training keeps the whole image, longer side -> source_size, padded to a square
     # (square datasets: just resized); evaluation resizes the shorter side and centre-crops.
     config.data.source_size = 256
+    # Training's host size if different (0: source_size); evaluation keeps source_size, so
+    # ImageNet trains from 384 px whole images and still evaluates resize-256 / crop-224.
+    config.data.train_source_size = 0
     config.data.image_size = 224  # training resolution after the on-device random crop
     config.data.eval_crop_fraction = 0.875  # 224 of 256 at test time
     config.data.mean = IMAGENET_MEAN

@@ -32,6 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = preset["weight_decay"]
     config.base_tau = preset["base_tau"]
     config.model.dtype = "bfloat16"
+    # Whole images at 384 px (longer side): crops keep at least the detail of the old 256 px
+    # centre square for aspect ratios up to 3:2 (README, Datasets: measured with
+    # byol_jax.bench_source_size); 1.7 GB per global batch of 4096 at host-to-device.
+    config.data.train_source_size = 384
     # The released network (byol/utils/networks.py on Haiku's ResNet v1): zero-initialised last
     # BN of each bottleneck, 'SAME' padding, projection shortcuts in every stage's first block.
     config.model.zero_init_last_bn = True

@@ -328,3 +328,22 @@ def test_imagenet_config_selects_the_released_network_and_defaults_do_not():
         "symmetric",
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model.padding", "valid", "one of \\('symmetric', 'same'\\)"),
+        ("data.train_source_size", -1, "0: use data.source_size"),
+    ],
+)
+def test_new_config_keys_are_validated(key, value, message):
+    from byol_jax import validation
+    from configs import imagenet
+
+    config = imagenet.get_config()
+    validation.validate_config(config, device_count=8)  # the shipped values pass
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(validation.ConfigError, match=message):
+        validation.validate_config(config, device_count=8)
