@@ -5,7 +5,8 @@ multiplier that also widens the stem, and one of three stems: ImageNet (7x7/2 co
 max-pool), CIFAR (3x3/1 conv, no pool) or stride-2 (3x3/2 conv, no pool: half the CIFAR stem's
 resolution at a quarter of its cost, for small images such as 28 px). BatchNorm has momentum 0.9,
 eps 1e-5 and an optional cross-device axis name so that statistics cover the whole global batch
-under `pmap`.
+under `pmap`. Defaults follow torchvision's ResNet; ``padding="same"``, ``zero_init_last_bn`` and
+``projection_shortcuts`` switch to the released BYOL network's choices (see ``ResNet``).
 
 Convolutions and max-pooling have two interchangeable implementations with identical parameters:
 ``"native"`` (XLA's convolution, right on GPU/TPU) and ``"matmul"``, the CPU path. Its
