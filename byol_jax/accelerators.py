@@ -91,6 +91,10 @@ _GPUS = {
 # cuDNN the plugin's wheels require (jax-cuda12-plugin 0.10.2: nvidia-cudnn-cu12 >= 9.8).
 _CUDNN = (9, 8)
 
+# Cloud TPU accelerator-type names of a small slice per generation (libtpu asks for one).
+_ACCELERATOR_TYPES = {"v3": "v3-8", "v4": "v4-8", "v5e": "v5litepod-4", "v5p": "v5p-8",
+                      "v6e": "v6e-4"}  # fmt: skip
+
 TPU_PIP = "pip install libtpu==0.0.42.*  (or: pip install -r requirements-preflight.txt)"
 GPU_PIP = "pip install jax-cuda12-plugin==0.10.2  (or: pip install -r requirements-preflight.txt)"
 
@@ -158,6 +162,10 @@ def _tpu_devices(target: Target) -> list[Any]:
     # Off a TPU VM libtpu asks the GCE metadata server who it is (and logs errors) unless told.
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", _ACCELERATOR_TYPES[target.chip.name])
+    # libtpu takes a machine-wide lock meant for real chips; compile-only processes (tests,
+    # parallel preflights) must not block each other on it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     kwargs = {}

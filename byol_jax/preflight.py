@@ -386,7 +386,7 @@ def hlo_summary(compiled: Any) -> dict[str, Any]:
             in_entry = True
         elif line.startswith("}"):
             in_entry = False
-        match = re.match(r"\s*(?:ROOT )?[\w.-]+ = (.*?) ([a-z][\w-]*)\(", line)
+        match = re.match(r"\s*(?:ROOT )?%?[\w.-]+ = (.*?) ([a-z][\w-]*)\(", line)
         if not match:
             continue
         result_type, op = match.groups()
@@ -422,8 +422,12 @@ def run(
     num_classes: int = DEFAULT_NUM_CLASSES,
     hlo: bool = False,
     dump_hlo: str | None = None,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Reports (one per compile) for ``config`` on ``target_spec``; the last answers the call."""
+    """Reports (one per compile) for ``config`` on ``target_spec``; the last answers the call.
+
+    With ``find_max_batch`` each compile's report also goes to ``on_report`` as it completes.
+    """
     if step not in ("train", "linear_eval"):
         raise PreflightError(f"step {step!r} is invalid: one of ['train', 'linear_eval']")
     target = accelerators.parse_target(target_spec)
@@ -435,15 +439,15 @@ def run(
         )
     per_chip = max(1, global_batch // target.devices)
     devices = accelerators.topology_devices(target)
-    compile_at = functools.partial(
-        compile_once,
-        config,
-        target,
-        devices,
-        step=step,
-        fast=fast,
-        num_classes=num_classes,
-    )
+
+    def compile_at(batch: int) -> dict[str, Any]:
+        report = compile_once(
+            config, target, devices, batch, step=step, fast=fast, num_classes=num_classes
+        )
+        if on_report is not None and find_max_batch:
+            on_report(_printable(report))  # a search takes many compiles: show each one
+        return report
+
     if not find_max_batch:
         report = compile_at(per_chip)
         if report.get("compiled") is not None:
@@ -487,11 +491,12 @@ def main(argv: list[str]) -> None:
             num_classes=flags_["num_classes"].value,
             hlo=flags_["hlo"].value,
             dump_hlo=flags_["dump_hlo"].value,
+            on_report=lambda report: print(json.dumps(report), flush=True),
         )
     except (PreflightError, accelerators.TargetError) as e:
         raise SystemExit(f"error: {e}") from None
-    for report in reports:
-        print(json.dumps(report), flush=True)
+    # A search has printed its compiles already; the summary (or the single compile) is last.
+    print(json.dumps(reports[-1]), flush=True)
 
 
 _FLAG_HOLDERS: dict[str, Any] = {}
