@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -84,16 +84,27 @@ def prefetch_to_device(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
             queue.append(shard_batch(batch))
 
 
-def map_step(step_fn: Callable, donate_state: bool = True) -> Callable:
+def map_step(
+    step_fn: Callable, donate_state: bool = True, devices: Sequence[Any] | None = None
+) -> Callable:
     """Compile ``step_fn(state, batch)`` over local devices with the shared axis name.
 
-    The state (argument 0) is donated so its buffers are reused for the new state.
+    The state (argument 0) is donated so its buffers are reused for the new state. ``devices``
+    (default: all local ones) lets the preflight compile for a topology it does not have.
     """
-    return jax.pmap(step_fn, axis_name=AXIS_NAME, donate_argnums=(0,) if donate_state else ())
+    return jax.pmap(
+        step_fn,
+        axis_name=AXIS_NAME,
+        donate_argnums=(0,) if donate_state else (),
+        devices=devices,
+    )
 
 
 def map_function(fn: Callable, **kwargs: Any) -> Callable:
-    """pmap any per-device function over the shared axis (evaluation, feature extraction)."""
+    """pmap any per-device function over the shared axis (evaluation, feature extraction).
+
+    ``kwargs`` go to ``jax.pmap`` (``donate_argnums``, ``devices``, ...).
+    """
     return jax.pmap(fn, axis_name=AXIS_NAME, **kwargs)
 
 

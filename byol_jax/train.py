@@ -67,11 +67,15 @@ class Experiment:
     image_shape: tuple[int, int, int]
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-    """ "auto" → the explicit-matmul convolution on CPU, XLA's native one elsewhere."""
+def resolve_conv_impl(conv_impl: str, backend: str | None = None) -> str:
+    """ "auto" → the explicit-matmul convolution on CPU, XLA's native one elsewhere.
+
+    ``backend`` (default: JAX's default backend) is the platform the step is compiled for; the
+    preflight passes its target's ("tpu", "gpu") while running on a CPU host.
+    """
     if conv_impl != "auto":
         return conv_impl
-    return "matmul" if jax.default_backend() == "cpu" else "native"
+    return "matmul" if (backend or jax.default_backend()) == "cpu" else "native"
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -81,9 +85,16 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
 
 
 def build_experiment(
-    config: ml_collections.ConfigDict, *, num_classes: int, num_train_examples: int
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int,
+    num_train_examples: int,
+    backend: str | None = None,
 ) -> Experiment:
-    """Networks, optimizer, schedules and the bound (unmapped) step for ``config``."""
+    """Networks, optimizer, schedules and the bound (unmapped) step for ``config``.
+
+    ``backend``: the platform the step will be compiled for (default: JAX's default backend).
+    """
     model = config.model
     dtype = jnp.dtype(model.dtype)
     encoder = functools.partial(
@@ -97,7 +108,7 @@ def build_experiment(
         projection_shortcuts=model.projection_shortcuts,
         axis_name=parallel.AXIS_NAME,
         dtype=dtype,
-        conv_impl=resolve_conv_impl(model.conv_impl),
+        conv_impl=resolve_conv_impl(model.conv_impl, backend),
     )
     network = functools.partial(
         models.BYOLNetwork,
