@@ -191,7 +191,7 @@ def _evaluate(mode: str, config, workdir: str) -> dict:
         )
         return {k: result[k] for k in ("top1", "top5")} | {"written": out}
     if mode == "baselines":
-        return train.final_table(config, workdir)
+        return train.table_of_workdir(config, workdir)
     if mode == "export":
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
     split = FLAGS.split or data.eval_split

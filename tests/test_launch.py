@@ -18,7 +18,7 @@ BAD_CONFIGS = [
     (["--config.model.dtype=float8"], "config.model.dtype='float8'"),
     (["--config.log_every_steps=0"], "config.log_every_steps=0"),
     (["--config.data.eval_crop_fraction=1.5"], "config.data.eval_crop_fraction=1.5"),
-    (["--config.data.stream_shards=3"], "divisible by data.stream_shards (3)"),
+    (["--config.data.stream_shards=-1"], "config.data.stream_shards=-1"),
     (["--config.batch_size=abc"], "--config.batch_size=abc"),
     (["--config.no_such_key=1"], "unknown config key"),
     ([f"--config={ROOT}/configs/imagenet.py:epochs=7"], "epochs=7 has no preset"),
