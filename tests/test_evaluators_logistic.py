@@ -43,6 +43,9 @@ def test_lbfgs_matches_newton_on_a_small_problem():
     # The bias is defined up to a common shift: compare logits differences, i.e. centred values.
     np.testing.assert_allclose(fit.weights, w, atol=2e-4)
     np.testing.assert_allclose(fit.bias - fit.bias.mean(), b - b.mean(), atol=2e-4)
+    # Zero-weight padding rows (one compilation for subsets of one set) change nothing.
+    padded = logistic.fit(x, y, num_classes=c, l2=l2, tol=1e-6, max_iter=500, pad_to=200)
+    np.testing.assert_allclose(padded.weights, w, atol=2e-4)
 
 
 def test_select_and_fit_picks_l2_on_held_out_train_and_standardizes():

@@ -46,15 +46,16 @@ class Standardizer:
         return ((np.asarray(x, np.float32) - self.mean) / self.scale).astype(np.float32)
 
 
-def _loss(params: dict[str, jax.Array], x, y, l2, num_classes: int) -> jax.Array:
+def _loss(params: dict[str, jax.Array], x, y, weight, l2, num_classes: int) -> jax.Array:
     logits = x @ params["w"] + params["b"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    ce = jnp.sum(ce * weight) / jnp.sum(weight)  # zero-weight rows: padding
     return ce + 0.5 * l2 * jnp.sum(params["w"] ** 2)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
-def _solve(params, x, y, l2, tol, *, num_classes: int, max_iter: int):
-    fun = functools.partial(_loss, x=x, y=y, l2=l2, num_classes=num_classes)
+def _solve(params, x, y, weight, l2, tol, *, num_classes: int, max_iter: int):
+    fun = functools.partial(_loss, x=x, y=y, weight=weight, l2=l2, num_classes=num_classes)
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(fun)
 
@@ -109,14 +110,19 @@ def fit(
     tol: float = 1e-4,
     max_iter: int = 500,
     init: Fit | None = None,
+    pad_to: int | None = None,
 ) -> Fit:
     """Minimize the objective (module docstring) on features ``x`` [N, D] (already scaled).
 
     ``tol``: largest gradient entry at which the solve counts as converged (scikit-learn's lbfgs
-    ``tol``); ``init`` warm-starts.
+    ``tol``); ``init`` warm-starts. ``pad_to``: pad with zero-weight rows to this many, so that
+    fits on subsets of one set share one compilation.
     """
-    x = jnp.asarray(x, jnp.float32)
-    y = jnp.asarray(y, jnp.int32)
+    count = len(x)
+    rows = max(pad_to or count, count)
+    weight = jnp.asarray(np.arange(rows) < count, jnp.float32)
+    x = jnp.asarray(np.pad(np.asarray(x, np.float32), ((0, rows - count), (0, 0))))
+    y = jnp.asarray(np.pad(np.asarray(y, np.int32), (0, rows - count)))
     if init is not None:
         params = {"w": jnp.asarray(init.weights), "b": jnp.asarray(init.bias)}
     else:
@@ -125,7 +131,14 @@ def fit(
             "b": jnp.zeros((num_classes,), jnp.float32),
         }
     params, count, norm = _solve(
-        params, x, y, jnp.float32(l2), jnp.float32(tol), num_classes=num_classes, max_iter=max_iter
+        params,
+        x,
+        y,
+        weight,
+        jnp.float32(l2),
+        jnp.float32(tol),
+        num_classes=num_classes,
+        max_iter=max_iter,
     )
     norm = float(norm)
     return Fit(
@@ -173,7 +186,7 @@ def select_and_fit(
         for l2 in grid:
             previous = fit(
                 x_fit, y_all[fit_idx], num_classes=num_classes, l2=l2, tol=tol,
-                max_iter=max_iter, init=previous,
+                max_iter=max_iter, init=previous, pad_to=len(x_all),
             )  # fmt: skip
             scores[repr(l2)] = previous.accuracy(x_held, y_all[held_idx])
     # max keeps the first of equal scores: ties go to the stronger penalty.
