@@ -105,6 +105,7 @@ def _initialize_distributed() -> None:
 _NOISE = (
     "Variant folder %s has no %s",
     "Given directory is read only=%s",
+    "CheckpointManagerOptions.read_only=True, setting save_interval_steps=0.",
     "%s is read only, save will be skipped",
     "%s is read only, delete will be skipped",
 )
