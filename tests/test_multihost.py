@@ -50,7 +50,7 @@ def _start_pair(workdir, extra=((), ())):
     return [_start(workdir, 2, *extra[i], process_id=i, port=port) for i in range(2)]
 
 
-def _finish(processes, timeout=400):
+def _finish(processes, timeout=900):  # the end table compiles L-BFGS: slow on a busy 2-core box
     outputs = [p.communicate(timeout=timeout)[0] for p in processes]
     for p, out in zip(processes, outputs, strict=True):
         assert p.returncode == 0, out
