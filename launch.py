@@ -10,6 +10,9 @@ import os
 import sys
 import traceback
 
+# TensorFlow (tfds) C++ INFO lines ("oneDNN custom operations are on") are not for users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -96,6 +99,22 @@ def _initialize_distributed() -> None:
     )
 
 
+# Log records that repeat dozens of times per run and need no action: tfds probing dataset
+# folders without a prepared copy (the IDX fallback is used), and Orbax opening checkpoints
+# read-only for evaluation. Matched on their format strings, so other warnings still show.
+_NOISE = (
+    "Variant folder %s has no %s",
+    "Given directory is read only=%s",
+    "CheckpointManagerOptions.read_only=True, setting save_interval_steps=0.",
+    "%s is read only, save will be skipped",
+    "%s is read only, delete will be skipped",
+)
+
+
+def _silence_known_noise() -> None:
+    logging.get_absl_logger().addFilter(lambda record: record.msg not in _NOISE)
+
+
 def _default_workdir() -> str:
     config_path = FLAGS["config"].config_filename.split(":")[0]
     name = os.path.splitext(os.path.basename(config_path))[0]
@@ -114,6 +133,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         # Orbax and TF log every save at INFO; keep the console to our progress lines.
         logging.set_verbosity(logging.WARNING)
+    _silence_known_noise()
     config = FLAGS.config
     try:
         config.get("batch_size")
@@ -191,7 +211,7 @@ def _evaluate(mode: str, config, workdir: str) -> dict:
         )
         return {k: result[k] for k in ("top1", "top5")} | {"written": out}
     if mode == "baselines":
-        return train.final_table(config, workdir)
+        return train.table_of_workdir(config, workdir)
     if mode == "export":
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
     split = FLAGS.split or data.eval_split

@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax import augment, parallel
+from byol_jax import features, parallel
 from byol_jax.train_state import TrainState
 
 
 def eval_views(images: jax.Array, *, image_size: int, crop_fraction: float, mean, std) -> jax.Array:
     """Deterministic centre crop + resize + normalization of a uint8 batch."""
-    views = jax.vmap(lambda x: augment.center_crop_resize(x, image_size, crop_fraction))(images)
-    return augment.normalize(views, mean, std)
+    view = features.View(image_size, crop_fraction, tuple(mean), tuple(std))
+    return features.eval_views(images, view)
 
 
 def _probe_counts(

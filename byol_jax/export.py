@@ -24,75 +24,26 @@ from typing import Any
 
 import flax.serialization
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from byol_jax import checkpoint, input_pipeline, linear_eval, models, parallel
+from byol_jax import checkpoint, features, input_pipeline
+from byol_jax.features import EncoderSpec, encoder_variables  # noqa: F401  (public here too)
 
 ENCODER_FILE = "encoder.msgpack"
 SPEC_FILE = "encoder.json"
-FORMAT = "byol_jax.encoder.v1"
+FORMAT = features.SPEC_FORMAT
 
 
-class ExportError(ValueError):
+class ExportError(features.SpecError):
     """A path holds neither a pretraining workdir with checkpoints nor an exported encoder."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderSpec:
-    """Architecture and input convention of an encoder (the content of ``encoder.json``)."""
-
-    encoder: str
-    width: int
-    base_width: int | None  # None: the variant's default
-    stem: str
-    dtype: str
-    image_size: int  # the encoder's input resolution
-    source_size: int  # host resize of the training pipeline (used by ``embed_split``)
-    crop_fraction: float  # central crop of the eval transform, before resizing to image_size
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    embedding_dim: int
-    step: int | None = None  # pretraining step of the weights
-    padding: str = "symmetric"  # model.padding (older encoder.json files lack it)
-    projection_shortcuts: bool = False  # model.projection_shortcuts
-
-    def build(self, conv_impl: str = "auto") -> models.ResNet:
-        """The encoder module (cross-device BN axis set, so it can also be fine-tuned)."""
-        if conv_impl == "auto":
-            # Both implementations share parameters; matmul is the fast one on CPU.
-            conv_impl = "matmul" if jax.default_backend() == "cpu" else "native"
-        return models.build_encoder(
-            self.encoder,
-            width=self.width,
-            base_width=self.base_width,
-            stem=self.stem,
-            axis_name=parallel.AXIS_NAME,
-            dtype=jnp.dtype(self.dtype),
-            conv_impl=conv_impl,
-            padding=self.padding,
-            projection_shortcuts=self.projection_shortcuts,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> EncoderSpec:
-        if data.get("format") != FORMAT:
-            raise ExportError(f"unsupported encoder format {data.get('format')!r}; want {FORMAT}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields}
-        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
-        return cls(**values)
 
 
 def spec_from_config(config: Mapping[str, Any], step: int | None = None) -> EncoderSpec:
     """The encoder spec of a pretraining config (``workdir/config.json`` as a dict)."""
     model, data = config["model"], config["data"]
-    spec = EncoderSpec(
+    return EncoderSpec(
         encoder=model["encoder"],
         width=int(model["width"]),
         base_width=int(model["base_width"]) or None,  # 0 keeps the variant's default
@@ -103,21 +54,10 @@ def spec_from_config(config: Mapping[str, Any], step: int | None = None) -> Enco
         crop_fraction=float(data["eval_crop_fraction"]),
         mean=tuple(float(m) for m in data["mean"]),
         std=tuple(float(s) for s in data["std"]),
-        embedding_dim=0,
         step=step,
         padding=model.get("padding", "symmetric"),
         projection_shortcuts=bool(model.get("projection_shortcuts", False)),
     )
-    return dataclasses.replace(spec, embedding_dim=models.embedding_dim(spec.build("native")))
-
-
-def encoder_variables(state: Any) -> dict[str, Any]:
-    """``{"params", "batch_stats"}`` of the online encoder of a (host) TrainState or its dict."""
-    get = state.get if isinstance(state, Mapping) else lambda name: getattr(state, name)
-    return {
-        "params": get("online_params")["encoder"],
-        "batch_stats": get("online_batch_stats")["encoder"],
-    }
 
 
 def restore_encoder_variables(workdir: str, step: int | None = None) -> tuple[dict, int]:
@@ -182,7 +122,7 @@ def _resolve(path: str) -> tuple[str, str]:
 
 def read_encoder(
     path: str, *, step: int | None = None, conv_impl: str = "auto"
-) -> tuple[models.ResNet, dict[str, Any], EncoderSpec]:
+) -> tuple[Any, dict[str, Any], EncoderSpec]:
     """(encoder module, ``{"params", "batch_stats"}``, spec) from a workdir or an export.
 
     ``step`` picks a checkpoint of a workdir (default: newest); exports hold one step.
@@ -204,11 +144,11 @@ def read_encoder(
 class EvaluationInputs:
     """A pretrained encoder and two labelled splits read at its pretraining source size."""
 
-    encoder: models.ResNet
+    encoder: Any  # a flax module (models.ResNet)
     variables: dict[str, Any]
     spec: EncoderSpec
-    train: linear_eval.LabeledImages
-    test: linear_eval.LabeledImages
+    train: features.LabeledImages
+    test: features.LabeledImages
 
     @property
     def num_classes(self) -> int:
@@ -229,8 +169,8 @@ def read_for_evaluation(
     """``read_encoder`` plus both splits in host memory: what the offline evaluations start from."""
     encoder, variables, spec = read_encoder(path, step=step)
 
-    def load(split: str) -> linear_eval.LabeledImages:
-        return linear_eval.load_split(
+    def load(split: str) -> features.LabeledImages:
+        return features.load_split(
             dataset, split, source_size=spec.source_size, data_dir=data_dir, idx_dir=idx_dir
         )
 
@@ -291,16 +231,7 @@ def load_encoder(
         batch = _as_image_batch(images)
         if batch.shape[0] == 0:
             return np.zeros((0, spec.embedding_dim), np.float32)
-        return linear_eval.encode_images(
-            encoder,
-            variables,
-            batch,
-            image_size=spec.image_size,
-            crop_fraction=spec.crop_fraction,
-            mean=spec.mean,
-            std=spec.std,
-            batch_size=batch_size,
-        )
+        return features.embed_images(encoder, variables, batch, spec.view, batch_size=batch_size)
 
     embed.spec = spec  # type: ignore[attr-defined]
     return embed
@@ -327,24 +258,16 @@ def embed_split(
         dataset,
         split,
         data_dir=data_dir,
-        batch_size=linear_eval.device_multiple(batch_size),
+        batch_size=features.device_multiple(batch_size),
         source_size=spec.source_size,
         idx_dir=idx_dir,
     )
-    features, labels = linear_eval.encode_batches(
-        encoder,
-        variables,
-        batches,
-        image_size=spec.image_size,
-        crop_fraction=spec.crop_fraction,
-        mean=spec.mean,
-        std=spec.std,
-    )
+    embeddings, labels = features.embed_batches(encoder, variables, batches, spec.view)
     if not out_path.endswith(".npy"):
         out_path += ".npy"
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    np.save(out_path, features)
-    result: dict[str, Any] = {"embeddings": out_path, "shape": list(features.shape)}
+    np.save(out_path, embeddings)
+    result: dict[str, Any] = {"embeddings": out_path, "shape": list(embeddings.shape)}
     if save_labels:
         labels_path = out_path[: -len(".npy")] + "_labels.npy"
         np.save(labels_path, labels)

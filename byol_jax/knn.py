@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax import export, input_pipeline, linear_eval, parallel
+from byol_jax import features, input_pipeline, linear_eval
 
 DEFAULT_K = 200
 DEFAULT_TEMPERATURE = 0.1
@@ -261,7 +261,7 @@ def evaluate_pretrained(
 
 
 class KnnEvaluator:
-    """kNN accuracy of the online encoder, for logging during pretraining (single host).
+    """kNN accuracy of the online encoder, for logging during pretraining (all processes).
 
     The labelled splits are loaded once; each ``run`` encodes them with the current encoder.
     """
@@ -291,8 +291,21 @@ class KnnEvaluator:
             temperature=temperature,
         )
 
-    def run(self, state: Any) -> dict[str, float]:
-        """``state``: the replicated TrainState of the training loop."""
-        variables = export.encoder_variables(parallel.fetch(state))
-        result = knn_evaluation(self._encoder, variables, self._train, self._test, **self._options)
+    def run(self, replicated_variables: Mapping[str, Any]) -> dict[str, float]:
+        """``replicated_variables``: the online encoder's ``{"params", "batch_stats"}`` as they
+        sit on the local devices in the training state; nothing else is copied."""
+        o = self._options
+        view = features.View(o["image_size"], o["crop_fraction"], tuple(o["mean"]), tuple(o["std"]))
+        embed = functools.partial(
+            features.embed_images, self._encoder, replicated_variables, view=view, replicated=True
+        )
+        result = knn_accuracy(
+            embed(self._train.images),
+            self._train.labels,
+            embed(self._test.images),
+            self._test.labels,
+            num_classes=o["num_classes"],
+            k=o["k"],
+            temperature=o["temperature"],
+        )
         return {"knn_accuracy": float(result["top1"])}

@@ -36,10 +36,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -49,58 +48,14 @@ import numpy as np
 import optax
 from absl import logging
 
-from byol_jax import augment, evaluate, input_pipeline, parallel
+from byol_jax import augment, features, input_pipeline, parallel
+from byol_jax.features import LabeledImages, PixelEncoder, device_multiple, load_split  # noqa: F401
 
 PAPER_LR_SWEEP: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1, 0.05)
 MOMENTUM = 0.9
 
 
-class LabeledImages(NamedTuple):
-    """A labelled split held in host memory: uint8 (or [0, 1] float) NHWC images, int labels."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
-class PixelEncoder(nn.Module):
-    """The raw-pixel "encoder": flattens the normalized view (a baseline for linear eval/kNN)."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        del train
-        return x.reshape(x.shape[0], -1).astype(jnp.float32)
-
-
 # ---- data --------------------------------------------------------------------------------------
-
-
-def load_split(
-    dataset: str,
-    split: str,
-    *,
-    source_size: int,
-    data_dir: str | None = None,
-    idx_dir: str = input_pipeline.DEFAULT_IDX_DIR,
-    batch_size: int = 1000,
-) -> LabeledImages:
-    """Read a whole split into host memory (uint8 [N, S, S, 3] images and int32 labels).
-
-    Meant for datasets of up to a few hundred thousand small images (Fashion-MNIST, CIFAR,
-    STL-10); ImageNet does not fit and needs a streaming evaluator.
-    """
-    images, labels = [], []
-    for batch in input_pipeline.eval_batches(
-        dataset,
-        split,
-        data_dir=data_dir,
-        batch_size=batch_size,
-        source_size=source_size,
-        idx_dir=idx_dir,
-    ):
-        keep = batch["mask"]
-        images.append(batch["image"][keep])
-        labels.append(batch["label"][keep])
-    return LabeledImages(np.concatenate(images), np.concatenate(labels).astype(np.int32))
 
 
 def label_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -136,12 +91,6 @@ def _padded_batches(
         yield batch
 
 
-def device_multiple(size: int) -> int:
-    """``size`` rounded up to a multiple of the local device count (a mapped batch size)."""
-    devices = parallel.local_device_count()
-    return max(devices, int(math.ceil(size / devices)) * devices)
-
-
 def _unshard(x: jax.Array) -> np.ndarray:
     """[devices, per-device, ...] output of a mapped function → host [devices * per-device, ...]."""
     x = np.asarray(x)
@@ -149,24 +98,6 @@ def _unshard(x: jax.Array) -> np.ndarray:
 
 
 # ---- feature extraction --------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=32)
-def _mapped_encoder(
-    encoder: nn.Module,
-    image_size: int,
-    crop_fraction: float,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> Callable:
-    # Cached so that repeated calls (e.g. periodic kNN during pretraining) compile once.
-    def encode(variables: Any, images: jax.Array) -> jax.Array:
-        views = evaluate.eval_views(
-            images, image_size=image_size, crop_fraction=crop_fraction, mean=mean, std=std
-        )
-        return encoder.apply(variables, views, train=False).astype(jnp.float32)
-
-    return parallel.map_function(encode)
 
 
 def encode_batches(
@@ -179,23 +110,9 @@ def encode_batches(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of every unmasked example of ``batches`` (eval transform, BN stats).
-
-    ``batches`` yields host dicts with ``image`` (and optionally ``label``/``mask``) whose size is
-    a multiple of the local device count (``input_pipeline.eval_batches`` with such a size).
-    """
-    fn = _mapped_encoder(encoder, image_size, float(crop_fraction), tuple(mean), tuple(std))
-    replicated = parallel.replicate(dict(variables))
-    features, labels = [], []
-    for batch in batches:
-        keep = np.asarray(batch.get("mask", np.ones(len(batch["image"]), bool)))
-        out = _unshard(fn(replicated, parallel.shard_batch(np.asarray(batch["image"]))))
-        features.append(out[keep])
-        label = batch.get("label", np.full(len(keep), -1, np.int32))
-        labels.append(np.asarray(label)[keep])
-    if not features:
-        raise ValueError("no batches to encode")
-    return np.concatenate(features), np.concatenate(labels).astype(np.int32)
+    """``features.embed_batches`` with the view given by its parts."""
+    view = features.View(int(image_size), float(crop_fraction), tuple(mean), tuple(std))
+    return features.embed_batches(encoder, variables, batches, view)
 
 
 def encode_images(
@@ -209,25 +126,14 @@ def encode_images(
     std: Sequence[float],
     batch_size: int = 512,
 ) -> np.ndarray:
-    """Pooled features [N, D] of host images [N, H, W, C] (any N, uint8 or [0, 1] float)."""
-    batches = _padded_batches({"image": np.asarray(images)}, device_multiple(batch_size))
-    features, _ = encode_batches(
-        encoder,
-        variables,
-        batches,
-        image_size=image_size,
-        crop_fraction=crop_fraction,
-        mean=mean,
-        std=std,
-    )
-    return features
+    """``features.embed_images`` with the view given by its parts (all devices, processes)."""
+    view = features.View(int(image_size), float(crop_fraction), tuple(mean), tuple(std))
+    return features.embed_images(encoder, variables, images, view, batch_size=batch_size)
 
 
 def feature_dim(encoder: nn.Module, variables: Mapping[str, Any], image_size: int) -> int:
     """Width of the encoder's output for ``image_size`` RGB inputs (no computation)."""
-    dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-    out = jax.eval_shape(lambda v, x: encoder.apply(v, x, train=False), dict(variables), dummy)
-    return int(out.shape[-1])
+    return features.feature_dim(encoder, variables, features.View(image_size, 1.0, (), ()))
 
 
 # ---- the classifier ------------------------------------------------------------------------
@@ -297,19 +203,12 @@ def _represent(
         crop = functools.partial(augment.random_crop_flip, out_size=spec.image_size)
         views = augment.normalize(jax.vmap(crop)(keys, inputs), spec.mean, spec.std)
     else:
-        views = evaluate.eval_views(
-            inputs,
-            image_size=spec.image_size,
-            crop_fraction=spec.crop_fraction,
-            mean=spec.mean,
-            std=spec.std,
-        )
+        view = features.View(spec.image_size, spec.crop_fraction, spec.mean, spec.std)
+        views = features.eval_views(inputs, view)
     variables = {"params": encoder_params, "batch_stats": batch_stats}
     if train and spec.fine_tune:
-        features, updates = spec.encoder.apply(
-            variables, views, train=True, mutable=["batch_stats"]
-        )
-        return features.astype(jnp.float32), updates.get("batch_stats", batch_stats)
+        feats, updates = spec.encoder.apply(variables, views, train=True, mutable=["batch_stats"])
+        return feats.astype(jnp.float32), updates.get("batch_stats", batch_stats)
     return spec.encoder.apply(variables, views, train=False).astype(jnp.float32), batch_stats
 
 
@@ -323,12 +222,12 @@ def _train_step(
 ) -> tuple[ClassifierState, jax.Array]:
     def loss_fn(trainable):
         encoder_params = trainable.get("encoder", state.encoder_params)
-        features, new_stats = _represent(
+        feats, new_stats = _represent(
             spec, encoder_params, state.batch_stats, batch["inputs"], train=True, step=state.step
         )
         if not spec.fine_tune:
-            features = jax.lax.stop_gradient(features)  # frozen: no backward pass into it
-        logits = spec.head.apply({"params": trainable["head"]}, features)
+            feats = jax.lax.stop_gradient(feats)  # frozen: no backward pass into it
+        logits = spec.head.apply({"params": trainable["head"]}, feats)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
         return loss, new_stats
 
@@ -360,10 +259,10 @@ def _train_chunk(
 def _eval_counts(
     state: ClassifierState, batch: dict[str, jax.Array], *, spec: _Spec
 ) -> dict[str, jax.Array]:
-    features, _ = _represent(
+    feats, _ = _represent(
         spec, state.encoder_params, state.batch_stats, batch["inputs"], train=False, step=state.step
     )
-    logits = spec.head.apply({"params": state.head_params}, features)
+    logits = spec.head.apply({"params": state.head_params}, feats)
     labels = batch["label"]
     valid = batch["mask"] & (labels >= 0)
     top = jax.lax.top_k(logits, spec.top_k)[1]

@@ -30,9 +30,10 @@ from byol_jax import (
     checkpoint,
     ema,
     evaluate,
+    export,
+    features,
     input_pipeline,
     knn,
-    linear_eval,
     metrics_io,
     models,
     optim,
@@ -236,9 +237,27 @@ def host_train_batches(
         process_count=jax.process_count(),
         idx_dir=data.idx_dir,
         shuffle_buffer=data.shuffle_buffer,
-        stream_shards=data.stream_shards,
+        stream_shards=stream_shards(data.stream_shards, config.batch_size, jax.process_count()),
         max_bad_records=data.max_bad_records,
     )
+
+
+MAX_AUTO_STREAM_SHARDS = 64
+
+
+def stream_shards(requested: int, global_batch: int, process_count: int) -> int:
+    """``requested`` if set (> 0); else the largest count <= 64 that divides the global batch
+    and is a multiple of the process count (only streamed tfds data uses it).
+
+    The automatic count depends on the batch, not on the process count, wherever possible, so
+    the data order stays the same when a run moves between process counts.
+    """
+    if requested > 0:
+        return requested
+    for count in range(min(global_batch, MAX_AUTO_STREAM_SHARDS), 0, -1):
+        if global_batch % count == 0 and count % process_count == 0:
+            return count
+    return process_count  # validation guarantees process_count divides the batch
 
 
 def _format_duration(seconds: float) -> str:
@@ -370,7 +389,7 @@ def train_and_evaluate(
                 )
                 last_log_time, last_log_step = now, step
                 if knn_monitor and (step % config.eval.knn_every_steps == 0 or step == steps):
-                    values.update(knn_monitor.run(state))
+                    values.update(knn_monitor.run(features.encoder_variables(state)))
                     last_log_time = time.time()  # keep evaluation out of images/s
                 writer.write(step, values)
                 if is_chief:
@@ -439,9 +458,14 @@ def train_and_evaluate(
         )
     writer.write(int(step), {f"eval_{k}": v for k, v in summary.items() if "accuracy" in k})
     writer.close()
+    if config.eval.final_table and info.num_classes:
+        # Every process takes part (features are embedded over all devices of all processes).
+        table = final_table(config, experiment, features.encoder_variables(state))
+        if is_chief:
+            summary["table"] = table
+            with open(os.path.join(workdir, "eval_table.json"), "w") as f:
+                json.dump(table, f, indent=2)
     if is_chief:
-        if config.eval.final_table and info.num_classes and jax.process_count() == 1:
-            summary["table"] = final_table(config, workdir)
         summary["report"] = report.write_report(workdir)
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -462,33 +486,109 @@ def linear_eval_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     )
 
 
-def final_table(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Linear + kNN evaluation of BYOL, a random-init encoder and raw pixels; printed and saved."""
+def table_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Keyword arguments of ``baselines.baseline_table`` from ``config.eval``."""
+    return dict(
+        l2_grid=tuple(config.eval.table_l2_grid),
+        holdout_fraction=config.eval.table_holdout_fraction,
+        knn_ks=tuple(config.eval.table_knn_ks),
+        knn_temperature=config.eval.knn_temperature,
+        seed=config.seed,
+    )
+
+
+def eval_view(config: ml_collections.ConfigDict) -> features.View:
+    """The deterministic evaluation transform of ``config.data``."""
     data = config.data
-    table = baselines.evaluate_pretrained(
-        workdir,
-        dataset=data.dataset,
-        train_split=data.train_split,
-        test_split=data.eval_split,
+    return features.View(
+        data.image_size, data.eval_crop_fraction, tuple(data.mean), tuple(data.std)
+    )
+
+
+def final_table(
+    config: ml_collections.ConfigDict,
+    experiment: Experiment,
+    replicated_variables: dict[str, Any],
+    *,
+    splits: tuple[features.LabeledImages, features.LabeledImages] | None = None,
+) -> dict[str, Any]:
+    """The baselines table for the in-memory encoder (replicated over local devices).
+
+    BYOL, a random-init encoder and raw pixels, each scored by the same converged logistic
+    regression and kNN; printed by process 0. ``splits``: (train, test) already in memory.
+    """
+    data = config.data
+    if splits is None:
+        load = functools.partial(
+            features.load_split,
+            data.dataset,
+            source_size=data.source_size,
+            data_dir=data.data_dir,
+            idx_dir=data.idx_dir,
+        )
+        splits = (load(data.train_split), load(data.eval_split))
+    train, test = splits
+    start = time.time()
+    table = baselines.baseline_table(
+        experiment.online_net.encoder,
+        train,
+        test,
+        num_classes=int(np.max(train.labels)) + 1,
+        view=eval_view(config),
+        pretrained_variables=replicated_variables,
+        pretrained_replicated=True,
+        **table_options(config),
+    )
+    if jax.process_index() == 0:
+        print(baselines.format_table(table), flush=True)
+        print(f"(table: {len(train.labels)} train / {len(test.labels)} test images, "
+              f"{time.time() - start:.0f}s)", flush=True)  # fmt: skip
+    return table
+
+
+def table_of_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """``--mode=baselines``: the same table for the newest checkpoint's encoder in ``workdir``.
+
+    Restores only the online encoder's variables (not the whole TrainState); works on workdirs
+    written by earlier versions (their config.json names the architecture).
+    """
+    data = config.data
+    encoder, variables, spec = export.read_encoder(workdir)
+    load = functools.partial(
+        features.load_split,
+        data.dataset,
+        source_size=spec.source_size,
         data_dir=data.data_dir,
         idx_dir=data.idx_dir,
-        out_file=os.path.join(workdir, "eval_table.json"),
-        linear=linear_eval_options(config),
-        knn_k=config.eval.knn_k,
-        knn_temperature=config.eval.knn_temperature,
     )
-    print(baselines.format_table(table), flush=True)
+    train, test = load(data.train_split), load(data.eval_split)
+    start = time.time()
+    table = baselines.baseline_table(
+        encoder,
+        train,
+        test,
+        num_classes=int(np.max(train.labels)) + 1,
+        view=spec.view,
+        pretrained_variables=variables,
+        **table_options(config),
+    )
+    if jax.process_index() == 0:
+        print(baselines.format_table(table), flush=True)
+        print(f"(table of step {spec.step}: {len(train.labels)} train / {len(test.labels)} "
+              f"test images, {time.time() - start:.0f}s)", flush=True)  # fmt: skip
+        with open(os.path.join(workdir, "eval_table.json"), "w") as f:
+            json.dump(table, f, indent=2)
     return table
 
 
 def _knn_monitor(
     config: ml_collections.ConfigDict, experiment: Experiment, num_classes: int
 ) -> knn.KnnEvaluator | None:
-    if config.eval.knn_every_steps <= 0 or not num_classes or jax.process_count() > 1:
-        return None  # the kNN monitor holds both splits in one host's memory
+    if config.eval.knn_every_steps <= 0 or not num_classes:
+        return None
     data = config.data
     load = functools.partial(
-        linear_eval.load_split,
+        features.load_split,
         data.dataset,
         source_size=data.source_size,
         data_dir=data.data_dir,

@@ -127,16 +127,14 @@ def validate_config(
     _check(config, "data.eval_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
     _check(config, "data.mean", lambda v: len(v) == 3, "three per-channel values")
     _check(config, "data.std", lambda v: len(v) == 3 and min(v) > 0, "three positive values")
-    shards = _check(
+    # Whether stream_shards divides the batch is checked where it applies: when tfds data is
+    # actually streamed (in-memory IDX data has no shards).
+    _check(
         config,
         "data.stream_shards",
-        lambda v: _is_int(v) and v > 0 and v % process_count == 0,
-        f"a positive multiple of the process count ({process_count})",
+        lambda v: _is_int(v) and (v == 0 or (v > 0 and v % process_count == 0)),
+        f"0 (auto) or a positive multiple of the process count ({process_count})",
     )
-    if batch % shards:
-        raise ConfigError(
-            "batch_size", batch, f"must be divisible by data.stream_shards ({shards})"
-        )
     _check(config, "data.max_bad_records", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
     log_every = config.log_every_steps
     _check(
@@ -147,6 +145,19 @@ def validate_config(
     )
     _check(config, "eval.knn_k", lambda v: _is_int(v) and v > 0, "a positive integer")
     _check(config, "eval.knn_temperature", lambda v: v > 0, "a number > 0")
+    _check(
+        config,
+        "eval.table_l2_grid",
+        lambda v: len(v) > 0 and all(_is_number(x) and x > 0 for x in v),
+        "one or more positive L2 strengths",
+    )
+    _check(config, "eval.table_holdout_fraction", lambda v: 0 < v < 1, "a number in (0, 1)")
+    _check(
+        config,
+        "eval.table_knn_ks",
+        lambda v: len(v) > 0 and all(_is_int(k) and k > 0 for k in v),
+        "one or more positive integers",
+    )
     _check(config, "eval.linear_epochs", lambda v: _is_int(v) and v > 0, "a positive integer")
     _check(config, "eval.linear_base_lr", lambda v: v > 0, "a number > 0")
     _check(config, "eval.linear_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")

@@ -60,8 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.idx_dir = "/usr/share/datasets/fashion-mnist"
     config.data.shuffle_buffer = 10_000  # records, over all processes and stream shards
     # Streamed tfds data is read as this many fixed shards, so the global batches are the same
-    # for any process count dividing it (1, 2, 4, ..., 64 hosts); it must divide batch_size.
-    config.data.stream_shards = 64
+    # for any process count dividing it; it must divide batch_size. 0: the largest count <= 64
+    # that divides batch_size (and is a multiple of the process count). In-memory data ignores it.
+    config.data.stream_shards = 0
     config.data.max_bad_records = 100  # per process: undecodable records skipped (and counted)
     config.data.eval_batch_size = 512
 
@@ -72,7 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.knn_test_split = "test[:2000]"
     config.eval.knn_k = 200
     config.eval.knn_temperature = 0.1
-    config.eval.final_table = False  # linear + kNN for BYOL, random init and raw pixels
+    config.eval.final_table = False  # BYOL, random init and raw pixels, scored alike
+    # The table's classifier: logistic regression to convergence on standardized features, its
+    # L2 strength chosen per row from this grid on a held-out part of train; kNN at these k.
+    config.eval.table_l2_grid = (1e-2, 1e-3, 1e-4)
+    config.eval.table_holdout_fraction = 0.1
+    config.eval.table_knn_ks = (20, 200)
     config.eval.linear_epochs = 80
     config.eval.linear_base_lr = 0.2  # scaled by linear_batch_size / 256
     config.eval.linear_batch_size = 1024

@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.image_size = 16
     config.data.eval_batch_size = 32
     config.data.shuffle_buffer = 256
-    config.data.stream_shards = 4
+    config.data.stream_shards = 0  # auto: the largest count <= 64 dividing the batch
     config.eval.knn_every_steps = 0
     config.eval.final_table = False
     return config

@@ -18,7 +18,7 @@ BAD_CONFIGS = [
     (["--config.model.dtype=float8"], "config.model.dtype='float8'"),
     (["--config.log_every_steps=0"], "config.log_every_steps=0"),
     (["--config.data.eval_crop_fraction=1.5"], "config.data.eval_crop_fraction=1.5"),
-    (["--config.data.stream_shards=3"], "divisible by data.stream_shards (3)"),
+    (["--config.data.stream_shards=-1"], "config.data.stream_shards=-1"),
     (["--config.batch_size=abc"], "--config.batch_size=abc"),
     (["--config.no_such_key=1"], "unknown config key"),
     ([f"--config={ROOT}/configs/imagenet.py:epochs=7"], "epochs=7 has no preset"),
@@ -70,3 +70,22 @@ def test_same_command_twice_resumes(tmp_path, runs):
     with open(workdir / "metrics.jsonl") as f:
         steps = [line for line in f if '"loss"' in line]
     assert len(steps) == 2  # steps 2 and 4, once each
+
+
+def test_stream_shards_apply_only_to_streamed_data_and_default_to_a_divisor():
+    # In-process: no JAX/tfds subprocess needed for a validation question.
+    from byol_jax import train, validation
+    from configs import fashion_mnist
+
+    config = fashion_mnist.get_config()
+    config.batch_size = 32  # refused before: stream_shards 64 did not divide it
+    validation.validate_config(config, device_count=8, process_count=1)
+    config.data.stream_shards = 3  # checked by the pipeline when tfds data is streamed
+    validation.validate_config(config, device_count=8, process_count=1)
+    config.data.stream_shards = -1
+    with pytest.raises(validation.ConfigError, match="config.data.stream_shards=-1"):
+        validation.validate_config(config, device_count=8, process_count=1)
+    assert train.stream_shards(0, 32, 1) == 32
+    assert train.stream_shards(0, 4096, 1) == 64 == train.stream_shards(0, 4096, 4)
+    assert train.stream_shards(0, 96, 1) == 48 and train.stream_shards(0, 90, 5) == 45
+    assert train.stream_shards(16, 96, 2) == 16  # an explicit value is kept

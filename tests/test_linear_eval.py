@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from byol_jax import baselines, evaluate, linear_eval, models, parallel
+from byol_jax import baselines, evaluate, features, linear_eval, models, parallel
+from byol_jax.evaluators import logistic
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -168,23 +169,31 @@ def test_baseline_table_rows(tiny_encoder):
     encoder, variables = tiny_encoder
     rng = np.random.default_rng(5)
     train, test = _coloured_images(128, rng, size=8), _coloured_images(64, rng, size=8)
+    view = features.View(8, 1.0, MEAN, STD)
     table = baselines.baseline_table(
         encoder,
         train,
         test,
         num_classes=4,
-        image_size=8,
-        mean=MEAN,
-        std=STD,
+        view=view,
         pretrained_variables=variables,
-        knn_k=10,
+        knn_ks=(5, 10),
+        l2_grid=(1e-2, 1e-3),
         calibrate_bn=False,  # calibration has its own test
-        linear=dict(epochs=2, batch_size=32, augment=False),
     )
     assert list(table) == ["byol", "random_init", "raw_pixels"]
     for row in table.values():
-        assert set(row) == {"linear_top1", "linear_top5", "knn_top1", "knn_top5"}
-        assert all(0.0 <= v <= 1.0 for v in row.values())
-    assert table["raw_pixels"]["knn_top1"] > 0.9  # colour classes are trivial in pixel space
+        assert set(row) == {"linear_top1", "l2", "converged", "dim", "knn5_top1", "knn10_top1"}
+        assert row["l2"] in (1e-2, 1e-3) and row["converged"] == 1.0
+        assert all(0.0 <= row[c] <= 1.0 for c in row if c.endswith("top1"))
+    # Colour classes are trivial in pixel space; raw pixels keep all 3 (distinct) channels.
+    assert table["raw_pixels"]["knn10_top1"] > 0.9 and table["raw_pixels"]["dim"] == 8 * 8 * 3
+    # The BYOL row is exactly the logistic regression on the embedded features.
+    embed = lambda images: features.embed_images(encoder, variables, images, view)
+    direct = logistic.select_and_fit(
+        embed(train.images), train.labels, embed(test.images), test.labels,
+        num_classes=4, l2_grid=(1e-2, 1e-3),
+    )  # fmt: skip
+    assert table["byol"]["linear_top1"] == direct["top1"] and table["byol"]["l2"] == direct["l2"]
     text = baselines.format_table(table)
-    assert "random_init" in text and "%" in text
+    assert "random_init" in text and "%" in text and "L2" in text
