@@ -466,6 +466,10 @@ def plan_for(
         except (OSError, ValueError, KeyError, TypeError):
             pass  # A damaged cache entry is measured again.
     record, _ = tune(spec, flag_sets=flag_sets, budget_s=budget_s, progress=progress)
+    if record["xla_flags"] is not None and not record["convs"]:
+        # Nothing timed within the budget (a heavily loaded machine): use the default now and
+        # measure again next time rather than cache an empty plan.
+        return _plan_from_json(record, "measured", None)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
