@@ -152,8 +152,12 @@ def test_plan_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
     first = cpu_autotune.plan_for(spec, flag_sets=("",), budget_s=60, progress=None)
     assert time.perf_counter() - start < 120  # the budget bounds it (plus one cut-off compile)
     assert first.source == "measured" and first.xla_flags == ""
-    assert first.cache_file.startswith(os.path.join(str(tmp_path), "byol_jax", "cpu_autotune"))
     assert {impl for _, impl in first.convs} <= {"native", "matmul"}
+    if not first.convs:
+        # So loaded that not one shape was timed: nothing cached, the next run measures again.
+        assert first.cache_file is None and not os.listdir(tmp_path)
+        return
+    assert first.cache_file.startswith(os.path.join(str(tmp_path), "byol_jax", "cpu_autotune"))
     second = cpu_autotune.plan_for(spec, flag_sets=("",), budget_s=60, progress=None)
     assert second.source == "cache" and second.convs == first.convs
     assert second.tuning_s == first.tuning_s  # the original measurement's time
