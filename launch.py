@@ -140,6 +140,10 @@ def main(argv: list[str]) -> None:
     except OSError:
         # ml_collections defers a config file that failed to load to its first access.
         _fail(f"cannot load config file {FLAGS['config'].config_filename!r}: no such file")
+    # CPU autotuning (cached per machine): XLA reads its flags when validation starts the backend.
+    conv_plan = ()
+    if FLAGS.mode == "train" and not jax.distributed.is_initialized():
+        conv_plan = _cpu_autotune(config)
     workdir = FLAGS.workdir or _default_workdir()
     try:
         validation.validate_config(
@@ -158,7 +162,10 @@ def main(argv: list[str]) -> None:
             print(f"byol_jax: {FLAGS.mode} on {config.data.dataset}, workdir {workdir}")
         if FLAGS.mode == "train":
             summary = train.train_and_evaluate(
-                config, workdir, allow_config_change=FLAGS.allow_config_change
+                config,
+                workdir,
+                allow_config_change=FLAGS.allow_config_change,
+                conv_plan=conv_plan,
             )
         else:
             summary = _evaluate(FLAGS.mode, config, workdir)
@@ -180,6 +187,34 @@ def main(argv: list[str]) -> None:
         raise
     if jax.process_index() == 0:
         print(f"done: {summary}")
+
+
+def _cpu_autotune(config) -> tuple:
+    """Measured (or cached) CPU plan for ``config``: applies its XLA flags, returns conv choices.
+
+    Off with ``--config.cpu_autotune=False``, an explicit ``model.conv_impl`` or user-set
+    ``XLA_FLAGS``; a config that fails validation is not tuned (validation reports it next).
+    """
+    from byol_jax import cpu_autotune, input_pipeline, train, validation
+
+    try:
+        validation.validate_config(
+            config, device_count=1, process_count=1, known_datasets=input_pipeline.is_known_dataset
+        )
+        spec = train.cpu_tune_spec(config)
+    except (validation.ConfigError, AttributeError, KeyError, TypeError, ValueError):
+        return ()
+    if spec is None:
+        return ()
+    try:
+        plan = cpu_autotune.plan_for(spec)
+    except (RuntimeError, OSError) as error:
+        print(f"cpu autotune: skipped ({error})", file=sys.stderr)
+        return ()
+    if plan is None:
+        return ()
+    cpu_autotune.apply_flags(plan)
+    return plan.convs
 
 
 def _evaluate(mode: str, config, workdir: str) -> dict:

@@ -1,7 +1,8 @@
 """Throughput benchmark of the compiled BYOL train step: images/s, FLOPs, MFU, memory.
 
     python -m byol_jax.bench --config=configs/<file>.py[:arg] [--config.key=value ...] \
-        [--repeats=5] [--warmup=2] [--steps_per_repeat=1] [--input]
+        [--repeats=5] [--warmup=2] [--steps_per_repeat=1] [--input] \
+        [--plan=tuned|default|both] [--rounds=1] [--tune_budget_s=60]
 
 The step is exactly the one training runs (``train.build_experiment`` → ``parallel.map_step``,
 state donated), fed a device-resident synthetic uint8 batch ``[batch, source_size, source_size,
@@ -26,6 +27,14 @@ median repeat gives ``step_ms``. One JSON line is printed:
 ``parallel.prefetch_to_device``) feeding the same compiled step, with the same repeat protocol,
 and adds ``end_to_end_images_per_sec`` and ``end_to_end_ratio``.
 
+``--plan`` picks the CPU plan (``cpu_autotune``: XLA flags + per-shape convolution choices):
+``tuned`` (the default, what ``launch.py`` trains with: from the cache, else measured first),
+``default`` (untuned: no flags, the fixed per-shape rule) or ``both``: tune, then run the default
+and the tuned plan in alternating child processes (flags are process-global), ``--rounds`` times
+each, and print one JSON line with both results, the median ``speedup`` of tuned over default,
+the CPU model and the load average. Every result has ``plan``: its flags, per-layer choices
+(``layers``), the tuning time and whether it came from the cache.
+
 The probe's class count comes from ``config.bench.num_classes`` when a config sets it (bench
 presets do), else 1000. ``config.bench.num_train_examples`` (default 50_000) only shapes the LR
 and EMA schedules, which do not change the step's cost.
@@ -34,7 +43,10 @@ and EMA schedules, which do not change the step's cost.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -44,7 +56,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from byol_jax import parallel, train
+from byol_jax import cpu_autotune, models, parallel, train
 
 DEFAULT_NUM_CLASSES = 1000
 DEFAULT_NUM_TRAIN_EXAMPLES = 50_000
@@ -176,6 +188,53 @@ def _time_repeats(
     return state, times
 
 
+def plan_report(
+    experiment: train.Experiment,
+    image_size: int,
+    batch_per_device: int,
+    name: str,
+    plan: cpu_autotune.Plan | None,
+) -> dict[str, Any]:
+    """The plan a benchmark ran with: flags, and the implementation of every convolution shape."""
+    encoder = experiment.online_net.encoder
+    layers = []
+    shapes = cpu_autotune.encoder_conv_shapes(encoder, image_size, batch_per_device)
+    conv_plan = plan.convs if plan is not None else ()
+    for key, count in shapes.items():
+        impl = "native"
+        if encoder.conv_impl == "matmul":
+            impl = models.cpu_conv_choice(key, conv_plan)
+        height, width, cin, cout, k, stride, dtype = key
+        layers.append(
+            {
+                "height": height,
+                "width": width,
+                "in": cin,
+                "out": cout,
+                "kernel": k,
+                "stride": stride,
+                "dtype": dtype,
+                "count": count,
+                "impl": impl,
+            }
+        )
+    report: dict[str, Any] = {"name": name, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    if plan is not None:
+        report.update(
+            tuning_s=plan.tuning_s,
+            source=plan.source,
+            cache_file=plan.cache_file,
+            complete=plan.complete,
+            flag_totals_ms=dict(plan.flag_totals_ms),
+        )
+    elif name == "tuned":
+        report["source"] = (
+            "not tuned (explicit conv_impl, XLA_FLAGS set, cpu_autotune off, or not CPU)"
+        )
+    report["layers"] = layers
+    return report
+
+
 def run(
     config: ml_collections.ConfigDict,
     *,
@@ -183,8 +242,14 @@ def run(
     warmup: int = 2,
     steps_per_repeat: int = 1,
     with_input: bool = False,
+    plan: cpu_autotune.Plan | None = None,
+    plan_name: str = "default",
 ) -> dict[str, Any]:
-    """Benchmark the train step for ``config``; returns the JSON-able result dict."""
+    """Benchmark the train step for ``config``; returns the JSON-able result dict.
+
+    ``plan``'s convolution choices are used here; its XLA flags must already be in effect
+    (``cpu_autotune.apply_flags`` before the backend starts, as ``main`` does).
+    """
     if repeats < 1 or warmup < 0 or steps_per_repeat < 1:
         raise ValueError("need repeats >= 1, warmup >= 0 and steps_per_repeat >= 1")
     devices = jax.device_count()
@@ -193,7 +258,10 @@ def run(
     num_classes = int(_bench_setting(config, "num_classes", DEFAULT_NUM_CLASSES))
     num_examples = int(_bench_setting(config, "num_train_examples", DEFAULT_NUM_TRAIN_EXAMPLES))
     experiment = train.build_experiment(
-        config, num_classes=num_classes, num_train_examples=num_examples
+        config,
+        num_classes=num_classes,
+        num_train_examples=num_examples,
+        conv_plan=plan.convs if plan is not None else (),
     )
     state = parallel.replicate(train.initial_state(experiment, config.seed))
     batch = synthetic_batch(config.batch_size, config.data.source_size, num_classes, config.seed)
@@ -261,6 +329,9 @@ def run(
         "source_size": config.data.source_size,
         "repeats": repeats,
         "steps_per_repeat": steps_per_repeat,
+        "plan": plan_report(
+            experiment, config.data.image_size, config.batch_size // devices, plan_name, plan
+        ),
     }
     if with_input:
         info = train.train_dataset_info(config)
@@ -288,19 +359,77 @@ def run(
     return result
 
 
+def tuned_plan(
+    config: ml_collections.ConfigDict, budget_s: float = cpu_autotune.DEFAULT_BUDGET_S
+) -> tuple[cpu_autotune.Plan | None, float]:
+    """(the plan launch.py would train ``config`` with, seconds it took here: ~0 when cached)."""
+    start = time.perf_counter()
+    spec = train.cpu_tune_spec(config)
+    plan = None if spec is None else cpu_autotune.plan_for(spec, budget_s=budget_s)
+    return plan, time.perf_counter() - start
+
+
+def _compare_plans(argv: list[str], rounds: int, budget_s: float) -> dict[str, Any]:
+    """Default and tuned plan in alternating child processes (flags are process-global)."""
+    config = _flags()["config"].value
+    _, tune_wall_s = tuned_plan(config, budget_s)  # measured once here, read from the cache below
+    base = [a for a in argv[1:] if not a.startswith(("--plan", "--rounds"))]
+    runs: dict[str, list[dict[str, Any]]] = {"default": [], "tuned": []}
+    for _ in range(rounds):
+        for name in runs:
+            process = subprocess.run(
+                [sys.executable, "-m", "byol_jax.bench", *base, f"--plan={name}"],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            )
+            if process.returncode != 0:
+                tail = process.stderr.strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(f"bench --plan={name} failed: {tail[0]}")
+            runs[name].append(json.loads(process.stdout.strip().splitlines()[-1]))
+    median = {
+        name: statistics.median(r["images_per_sec"] for r in results)
+        for name, results in runs.items()
+    }
+    return {
+        "default": runs["default"][-1],
+        "tuned": runs["tuned"][-1],
+        "images_per_sec": {name: [r["images_per_sec"] for r in rs] for name, rs in runs.items()},
+        "speedup": median["tuned"] / median["default"],
+        "rounds": rounds,
+        "tuning_wall_s": tune_wall_s,
+        "cpu_model": cpu_autotune.cpu_model(),
+        "load_average": os.getloadavg(),
+    }
+
+
 def main(argv: list[str]) -> None:
     from absl import app
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     flags_ = _flags()
+    config = flags_["config"].value
+    plan_name = flags_["plan"].value
+    budget_s = flags_["tune_budget_s"].value
+    if plan_name == "both":
+        print(json.dumps(_compare_plans(sys.argv, flags_["rounds"].value, budget_s)), flush=True)
+        return
+    plan, tune_wall_s = None, 0.0
+    if plan_name == "tuned":
+        plan, tune_wall_s = tuned_plan(config, budget_s)
+        if plan is not None:
+            cpu_autotune.apply_flags(plan)  # before run() starts the backend
     result = run(
-        flags_["config"].value,
+        config,
         repeats=flags_["repeats"].value,
         warmup=flags_["warmup"].value,
         steps_per_repeat=flags_["steps_per_repeat"].value,
         with_input=flags_["input"].value,
+        plan=plan,
+        plan_name=plan_name,
     )
+    result["plan"]["tuning_wall_s"] = tune_wall_s
     print(json.dumps(result), flush=True)
 
 
@@ -323,6 +452,19 @@ def _flags() -> dict[str, Any]:
         )
         _FLAG_HOLDERS["input"] = flags.DEFINE_bool(
             "input", False, "Also time the real input pipeline + step (end-to-end images/s)."
+        )
+        _FLAG_HOLDERS["plan"] = flags.DEFINE_enum(
+            "plan",
+            "tuned",
+            ["tuned", "default", "both"],
+            "CPU plan: tuned (measured on this machine, cached), default (untuned), or both "
+            "(alternating child processes, one JSON line with the speedup).",
+        )
+        _FLAG_HOLDERS["rounds"] = flags.DEFINE_integer(
+            "rounds", 1, "--plan=both: alternating runs of each plan."
+        )
+        _FLAG_HOLDERS["tune_budget_s"] = flags.DEFINE_float(
+            "tune_budget_s", cpu_autotune.DEFAULT_BUDGET_S, "Wall-time bound of the tuning."
         )
         flags.mark_flag_as_required("config")
     return _FLAG_HOLDERS

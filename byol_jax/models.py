@@ -14,8 +14,10 @@ convolutions are mostly explicit padding, strided slices and one matrix product
 (``conv_matmul``), which XLA's CPU backend runs many times faster than its native convolution on
 small maps with many channels (20-100x on the 2x2 and 1x1 maps of ResNet stages 3-4 at 32 px),
 mostly in the backward pass. Where XLA's own float32 convolution measured faster (the 7x7 stem,
-and k x k stride-1 convolutions whose output is at least 4x4: ~2x in the forward pass, a tie in
-the backward pass), it uses that instead (``native_conv_is_faster``; ~15% of the setup-A step).
+and k x k stride-1 convolutions whose output is at least 4x4 on the machine it was first tuned
+on), it uses that instead. Which convolution takes which path is a per-shape ``ConvPlan`` that
+``cpu_autotune`` measures on the machine at hand; shapes it does not list fall back to the
+untuned default (``native_conv_is_faster``).
 ``conv_matmul`` also drops kernel taps that only ever see zero padding (exact; 8 of 9 taps of the
 3x3 convolutions on the 1x1 maps of ResNet stage 4 at 32 px), and the slice max-pool has a VJP
 that routes each gradient to the first maximum of its window (as XLA's select-and-scatter does)
@@ -136,17 +138,37 @@ def native_conv(
     )
 
 
+# One convolution of the CPU path as the autotuner sees it: (height, width, in_channels, features,
+# kernel_size, stride, dtype name) of its input and kernel; the batch is fixed per plan.
+ConvKey = tuple[int, int, int, int, int, int, str]
+# Measured choices, "native" or "matmul" per ConvKey (``cpu_autotune``): a tuple of pairs, so
+# that modules holding it stay hashable and frozen.
+ConvPlan = tuple[tuple[ConvKey, str], ...]
+
+
+def conv_key(
+    height: int,
+    width: int,
+    in_channels: int,
+    features: int,
+    kernel_size: int,
+    stride: int,
+    dtype: Any,
+) -> ConvKey:
+    """The plan key of one convolution (``dtype`` is the compute dtype)."""
+    return (height, width, in_channels, features, kernel_size, stride, jnp.dtype(dtype).name)
+
+
 def native_conv_is_faster(
     height: int, width: int, kernel_size: int, stride: int, dtype: Any
 ) -> bool:
-    """Whether the CPU path should use XLA's convolution instead of ``conv_matmul``.
+    """The untuned default of the CPU path: whether XLA's convolution replaces ``conv_matmul``.
 
-    Measured on XLA:CPU (jax 0.10, 2 cores, batch 64, float32, forward + backward): the native
-    convolution wins for the 7x7/2 stem (3 input channels make im2col slices tiny) and ties or
-    wins for k x k stride-1 convolutions with at least 4x4 outputs, ~2x faster forward; it is
-    20-100x slower on 2x2 and 1x1 maps and slower for strided 3x3 and all 1x1 convolutions
-    (which ``conv_matmul`` runs as a plain matrix product). Other dtypes keep ``conv_matmul``
-    (XLA:CPU has no fast reduced-precision convolution here).
+    Measured once on one machine (XLA:CPU, jax 0.10, 2-core Sapphire Rapids, batch 64, float32,
+    forward + backward): XLA's convolution for the 7x7 stem and k x k stride-1 convolutions with
+    at least 4x4 outputs; ``conv_matmul`` for strided 3x3, every 1x1, maps below 4x4 and other
+    dtypes. It is what a convolution missing from the plan gets (``--config.cpu_autotune=False``
+    or shapes the tuner had no time for); ``cpu_autotune`` measures the choice per machine.
     """
     if jnp.dtype(dtype) != jnp.float32 or kernel_size == 1:
         return False
@@ -156,6 +178,17 @@ def native_conv_is_faster(
     out_h = (height + 2 * pad - kernel_size) // stride + 1
     out_w = (width + 2 * pad - kernel_size) // stride + 1
     return stride == 1 and min(out_h, out_w) >= 4
+
+
+def cpu_conv_choice(key: ConvKey, plan: ConvPlan = ()) -> str:
+    """ "native" or "matmul" for one convolution of the CPU path: the plan's, else the default."""
+    for planned, choice in plan:
+        if planned == key:
+            return choice
+    height, width, _, _, kernel_size, stride, dtype = key
+    return (
+        "native" if native_conv_is_faster(height, width, kernel_size, stride, dtype) else "matmul"
+    )
 
 
 class Conv(nn.Module):
@@ -171,6 +204,7 @@ class Conv(nn.Module):
     impl: str = "native"
     dtype: Any = jnp.float32
     padding: str = "symmetric"
+    plan: ConvPlan = ()  # per-shape choices of the "matmul" (CPU) path; see cpu_conv_choice
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -182,9 +216,8 @@ class Conv(nn.Module):
         pads = tuple(window_pads(n, k, self.stride, self.padding) for n in x.shape[1:3])
         if pads != _same_padding(k):
             return native_conv(x, kernel, self.stride, pads)
-        if self.impl == "native" or native_conv_is_faster(
-            x.shape[1], x.shape[2], k, self.stride, x.dtype
-        ):
+        key = conv_key(*x.shape[1:], self.features, k, self.stride, x.dtype)
+        if self.impl == "native" or cpu_conv_choice(key, self.plan) == "native":
             return native_conv(x, kernel, self.stride)
         return conv_matmul(x, kernel, self.stride)
 
@@ -335,6 +368,7 @@ class ResNet(nn.Module):
     axis_name: str | None = None
     dtype: Any = jnp.float32
     conv_impl: str = "native"
+    conv_plan: ConvPlan = ()  # measured per-shape choices of the "matmul" path (cpu_autotune)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -344,7 +378,13 @@ class ResNet(nn.Module):
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
-        conv = functools.partial(Conv, impl=self.conv_impl, dtype=self.dtype, padding=self.padding)
+        conv = functools.partial(
+            Conv,
+            impl=self.conv_impl,
+            dtype=self.dtype,
+            padding=self.padding,
+            plan=self.conv_plan,
+        )
         norm = functools.partial(
             batch_norm, train=train, axis_name=self.axis_name, dtype=self.dtype
         )
@@ -452,8 +492,13 @@ def build_encoder(
     conv_impl: str = "native",
     padding: str = "symmetric",
     projection_shortcuts: bool = False,
+    conv_plan: ConvPlan = (),
 ) -> ResNet:
-    """Encoder by name (see ``ENCODERS``); ``base_width=None`` keeps the variant's default."""
+    """Encoder by name (see ``ENCODERS``); ``base_width=None`` keeps the variant's default.
+
+    ``conv_plan`` (from ``cpu_autotune``) picks the implementation of each convolution of the
+    ``"matmul"`` path by shape; convolutions it does not list keep the untuned default.
+    """
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
     extra = {} if base_width is None else {"base_width": base_width}
@@ -466,6 +511,7 @@ def build_encoder(
         conv_impl=conv_impl,
         padding=padding,
         projection_shortcuts=projection_shortcuts,
+        conv_plan=tuple(conv_plan),
         **extra,
     )
 

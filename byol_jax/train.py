@@ -28,6 +28,7 @@ from byol_jax import (
     augment,
     baselines,
     checkpoint,
+    cpu_autotune,
     ema,
     evaluate,
     export,
@@ -79,6 +80,30 @@ def resolve_conv_impl(conv_impl: str, backend: str | None = None) -> str:
     return "matmul" if (backend or jax.default_backend()) == "cpu" else "native"
 
 
+def cpu_tune_spec(config: ml_collections.ConfigDict) -> cpu_autotune.TuneSpec | None:
+    """What ``cpu_autotune`` measures for ``config``; None when nothing is left to tune.
+
+    An explicit ``model.conv_impl``, user-set ``XLA_FLAGS`` or ``cpu_autotune=False`` keep the
+    untuned behaviour.
+    """
+    if (
+        not config.get("cpu_autotune", False)
+        or config.model.conv_impl != "auto"
+        or cpu_autotune.user_xla_flags() is not None
+    ):
+        return None
+    model = config.model
+    return cpu_autotune.TuneSpec(
+        encoder=model.encoder,
+        width=int(model.width),
+        base_width=int(model.base_width) if model.base_width else None,
+        stem=model.stem,
+        dtype=str(model.dtype),
+        image_size=int(config.data.image_size),
+        batch_size=int(config.batch_size),
+    )
+
+
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
     if config.num_steps > 0:
         return int(config.num_steps)
@@ -91,10 +116,14 @@ def build_experiment(
     num_classes: int,
     num_train_examples: int,
     backend: str | None = None,
+    conv_plan: models.ConvPlan = (),
 ) -> Experiment:
     """Networks, optimizer, schedules and the bound (unmapped) step for ``config``.
 
     ``backend``: the platform the step will be compiled for (default: JAX's default backend).
+
+    ``conv_plan`` (``cpu_autotune.Plan.convs``) picks, per convolution shape, the implementation
+    of the CPU path; it only applies where ``conv_impl`` resolves to "matmul".
     """
     model = config.model
     dtype = jnp.dtype(model.dtype)
@@ -110,6 +139,7 @@ def build_experiment(
         axis_name=parallel.AXIS_NAME,
         dtype=dtype,
         conv_impl=resolve_conv_impl(model.conv_impl, backend),
+        conv_plan=conv_plan,
     )
     network = functools.partial(
         models.BYOLNetwork,
@@ -317,9 +347,16 @@ class ConfigConflictError(ValueError):
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    allow_config_change: bool = False,
+    conv_plan: models.ConvPlan = (),
 ) -> dict[str, Any]:
     """Pretrain (resuming from ``workdir`` when it has checkpoints), then evaluate the probe.
+
+    ``conv_plan``: measured convolution choices of the CPU path (``cpu_autotune``; same numbers,
+    different speed).
 
     Returns the final summary that is also written to ``workdir/summary.json``. On SIGTERM or
     SIGINT it checkpoints the current step and returns early with ``preempted=True``.
@@ -332,7 +369,10 @@ def train_and_evaluate(
     data = config.data
     info = train_dataset_info(config)
     experiment = build_experiment(
-        config, num_classes=info.num_classes, num_train_examples=info.num_examples
+        config,
+        num_classes=info.num_classes,
+        num_train_examples=info.num_examples,
+        conv_plan=conv_plan,
     )
     if is_chief:
         check_and_save_config(config, workdir, allow_config_change=allow_config_change)

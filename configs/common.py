@@ -17,6 +17,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
+    # CPU only: time XLA flag sets and per-shape convolution choices on this machine once (cached
+    # in ~/.cache/byol_jax/cpu_autotune) when model.conv_impl is "auto" and XLA_FLAGS is unset.
+    config.cpu_autotune = True
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.base_lr = 0.2  # scaled by batch_size / 256

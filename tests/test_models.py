@@ -121,28 +121,45 @@ def test_matmul_conv_fast_paths_equal_native(size, channels, kernel_size, stride
     _assert_conv_paths_agree(x, kernel_size, stride, grad_atol=2e-4, grad_rtol=1e-4)
 
 
-def test_cpu_path_uses_native_conv_only_where_it_measured_faster():
-    faster = models.native_conv_is_faster
-    f32, bf16 = jnp.float32, jnp.bfloat16
-    # ResNet-18 at 32 px: the stem, stage 1 and the stride-1 convolutions of stage 2 (4x4).
-    assert faster(32, 32, 7, 2, f32)
-    assert faster(8, 8, 3, 1, f32) and faster(4, 4, 3, 1, f32)
-    # Strided 3x3, every 1x1, the 2x2/1x1 maps of stages 3-4, and other dtypes: conv_matmul.
-    assert not faster(8, 8, 3, 2, f32) and not faster(8, 8, 1, 1, f32)
-    assert not faster(2, 2, 3, 1, f32) and not faster(1, 1, 3, 1, f32)
-    assert not faster(4, 3, 3, 1, f32)
-    assert not faster(32, 32, 7, 2, bf16) and not faster(8, 8, 3, 1, bf16)
+def test_cpu_path_follows_the_conv_plan():
+    """The "matmul" path runs each convolution as its plan says (no measured thresholds here)."""
 
-    # The module dispatches on the rule: which primitive the CPU path traces.
     def traced_primitives(module, x):
         params = module.init(jax.random.key(0), x)
         return {e.primitive.name for e in jax.make_jaxpr(module.apply)(params, x).eqns}
 
-    conv = models.Conv(4, 3, 1, impl="matmul")
-    assert "conv_general_dilated" in traced_primitives(conv, jnp.ones((1, 8, 8, 2)))
-    assert "conv_general_dilated" not in traced_primitives(conv, jnp.ones((1, 2, 2, 2)))
-    conv_bf16 = models.Conv(4, 3, 1, impl="matmul", dtype=jnp.bfloat16)
-    assert "conv_general_dilated" not in traced_primitives(conv_bf16, jnp.ones((1, 8, 8, 2)))
+    x = jnp.ones((1, 8, 8, 2))
+    key = models.conv_key(8, 8, 2, 4, 3, 1, jnp.float32)
+    assert key == (8, 8, 2, 4, 3, 1, "float32")
+    for choice in ("native", "matmul"):
+        conv = models.Conv(4, 3, 1, impl="matmul", plan=((key, choice),))
+        assert models.cpu_conv_choice(key, conv.plan) == choice
+        assert ("conv_general_dilated" in traced_primitives(conv, x)) == (choice == "native")
+    # A plan for another shape does not apply; the shape keeps the untuned default.
+    other = ((models.conv_key(4, 4, 2, 4, 3, 1, jnp.float32), "matmul"),)
+    default = "native" if models.native_conv_is_faster(8, 8, 3, 1, jnp.float32) else "matmul"
+    assert models.cpu_conv_choice(key, other) == default
+    # impl="native" ignores the plan: GPU/TPU always get XLA's convolution.
+    conv = models.Conv(4, 3, 1, impl="native", plan=((key, "matmul"),))
+    assert "conv_general_dilated" in traced_primitives(conv, x)
+
+
+def test_encoder_passes_its_plan_to_every_convolution():
+    x = jnp.ones((2, 16, 16, 3))
+    from byol_jax import cpu_autotune
+
+    shapes = cpu_autotune.encoder_conv_shapes(
+        models.build_encoder("resnet_tiny", conv_impl="matmul"), 16, 2
+    )
+    for choice in ("native", "matmul"):
+        plan = tuple((key, choice) for key in shapes)
+        encoder = models.build_encoder("resnet_tiny", conv_impl="matmul", conv_plan=plan)
+        variables = encoder.init(jax.random.key(0), x)
+        apply = functools.partial(encoder.apply, mutable=["batch_stats"])
+        eqns = jax.make_jaxpr(apply)(variables, x)
+        convs = sum(e.primitive.name == "conv_general_dilated" for e in eqns.jaxpr.eqns)
+        # Flax's apply is one jaxpr here (no nested jit); every convolution is listed.
+        assert convs == (sum(shapes.values()) if choice == "native" else 0)
 
 
 def test_live_taps_drop_only_padding():
