@@ -157,14 +157,20 @@ def _peak_memory_bytes() -> int | None:
 
 
 def synthetic_batch(
-    batch_size: int, source_size: int, num_classes: int, seed: int = 0
+    batch_size: int, source_size: int, num_classes: int, seed: int = 0, with_valid: bool = False
 ) -> dict[str, jax.Array]:
-    """A device-resident, sharded uint8 batch with labels (host RNG, so it costs no compile)."""
+    """A device-resident, sharded uint8 batch with labels (host RNG, so it costs no compile).
+
+    ``with_valid``: also per-image valid sizes (the whole square), as whole-image training feeds
+    them, so the step is the one with the masked crop sampler.
+    """
     rng = np.random.default_rng(seed)
     batch = {
         "image": rng.integers(0, 256, (batch_size, source_size, source_size, 3), np.uint8),
         "label": rng.integers(0, num_classes, (batch_size,), np.int32),
     }
+    if with_valid:
+        batch["valid"] = np.full((batch_size, 2), source_size, np.int32)
     return parallel.shard_batch(batch)
 
 
@@ -264,7 +270,8 @@ def run(
         conv_plan=plan.convs if plan is not None else (),
     )
     state = parallel.replicate(train.initial_state(experiment, config.seed))
-    batch = synthetic_batch(config.batch_size, config.data.source_size, num_classes, config.seed)
+    source_size, with_valid = train.train_source_shape(config)
+    batch = synthetic_batch(config.batch_size, source_size, num_classes, config.seed, with_valid)
 
     start = time.perf_counter()
     lowered = parallel.map_step(experiment.step_fn).lower(state, batch)
@@ -326,7 +333,7 @@ def run(
         "stem": config.model.stem,
         "batch_size": config.batch_size,
         "image_size": config.data.image_size,
-        "source_size": config.data.source_size,
+        "source_size": source_size,  # the train step's input size
         "repeats": repeats,
         "steps_per_repeat": steps_per_repeat,
         "plan": plan_report(

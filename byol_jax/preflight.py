@@ -75,12 +75,17 @@ def train_step_program(
     experiment = train.build_experiment(
         config, num_classes=num_classes, num_train_examples=num_train_examples, backend=backend
     )
-    count, size = len(devices), config.data.source_size
+    # Training's host size and batch format (ImageNet: whole images at train_source_size with
+    # each image's valid size, so the masked crop sampler is compiled too).
+    count = len(devices)
+    size, with_valid = train.train_source_shape(config)
     state = _replicated(abstract_state(experiment, config.seed), count)
     batch = {
         "image": jax.ShapeDtypeStruct((count, per_chip_batch, size, size, 3), jnp.uint8),
         "label": jax.ShapeDtypeStruct((count, per_chip_batch), jnp.int32),
     }
+    if with_valid:
+        batch["valid"] = jax.ShapeDtypeStruct((count, per_chip_batch, 2), jnp.int32)
     return parallel.map_step(experiment.step_fn, devices=devices), (state, batch)
 
 
@@ -374,22 +379,34 @@ def hlo_summary(compiled: Any) -> dict[str, Any]:
 
     Convolutions (XLA's, or cuDNN custom calls on GPU) by output dtype anywhere; all-reduces
     with their total bytes; and, in the entry computation (what runs as separate kernels or
-    buffers), fusions, copies and transposes.
+    buffers), fusions, copies (and those of an entry parameter: the donated state or the batch)
+    and transposes.
     """
     text = compiled.as_text()
     conv_dtypes: dict[str, int] = {}
     reduces, reduce_bytes = 0, 0
     entry: dict[str, int] = {"fusion": 0, "copy": 0, "transpose": 0}
+    # Entry parameters (the donated state and the batch) and copies made of them: a copy of a
+    # donated buffer is a second buffer of that size the aliasing was meant to avoid.
+    parameters: set[str] = set()
+    parameter_copies, parameter_copy_bytes = 0, 0
     in_entry = False
     for line in text.splitlines():
         if line.startswith("ENTRY "):
             in_entry = True
         elif line.startswith("}"):
             in_entry = False
-        match = re.match(r"\s*(?:ROOT )?%?[\w.-]+ = (.*?) ([a-z][\w-]*)\(", line)
+        match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = (.*?) ([a-z][\w-]*)\((.*)", line)
         if not match:
             continue
-        result_type, op = match.groups()
+        name, result_type, op, rest = match.groups()
+        if in_entry and op == "parameter":
+            parameters.add(name)
+        if in_entry and op == "copy":
+            operand = re.search(r"%?([\w.-]+)\)", rest)
+            if operand and operand.group(1) in parameters:
+                parameter_copies += 1
+                parameter_copy_bytes += _result_bytes(result_type)
         if op == "convolution" or (op == "custom-call" and "cudnn$conv" in line):
             dtype = re.match(r"\(?(\w+)\[", result_type)
             if dtype:
@@ -407,6 +424,8 @@ def hlo_summary(compiled: Any) -> dict[str, Any]:
         "all_reduce_bytes": reduce_bytes,
         "entry_fusions": entry["fusion"],
         "entry_copies": entry["copy"],
+        "entry_parameter_copies": parameter_copies,
+        "entry_parameter_copy_bytes": parameter_copy_bytes,
         "entry_transposes": entry["transpose"],
     }
 

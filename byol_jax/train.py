@@ -272,6 +272,17 @@ def host_train_batches(
     )
 
 
+def train_source_shape(config: ml_collections.ConfigDict) -> tuple[int, bool]:
+    """(host image size, whether batches carry per-image ``valid`` sizes) of training.
+
+    Whole-image training (``data.train_source_size`` set, e.g. ImageNet) sends non-square images
+    padded to a square with their valid sizes; square datasets send the whole array. Synthetic
+    batches (bench, preflight) follow this so they drive the step training compiles.
+    """
+    data = config.data
+    return int(data.train_source_size or data.source_size), bool(data.train_source_size)
+
+
 MAX_AUTO_STREAM_SHARDS = 64
 
 

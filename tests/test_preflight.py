@@ -70,7 +70,9 @@ def _check_train_report(report: dict, state_bytes: dict[str, int], chips: int) -
     # (one more copy of the trainable parameters): at least ~3 copies of the online network.
     assert state_bytes["state"] >= state_bytes["online"] + state_bytes["target"]
     assert state_bytes["optimizer"] >= state_bytes["online"]
-    batch_bytes = per_chip * config.data.source_size**2 * 3 + 4 * per_chip
+    size, with_valid = train.train_source_shape(config)
+    # uint8 images, int32 labels (and int32 (height, width) valid sizes).
+    batch_bytes = per_chip * (size**2 * 3 + 4 + (8 if with_valid else 0))
     assert memory["arguments"] >= state_bytes["state"] + batch_bytes
     # Donation: the new state reuses the old state's buffers.
     assert memory["aliased"] >= state_bytes["state"]
@@ -227,3 +229,42 @@ def test_command_line_error_is_one_line():
         .splitlines()[-1]
         .startswith("error: batch_size 16 does not divide over the 9 devices")
     )
+
+
+def test_whole_image_configs_compile_the_step_with_valid_sizes():
+    # Whole-image training (data.train_source_size) feeds padded sources plus each image's valid
+    # size; the preflight must compile that step, at that size (no compile needed to check).
+    config = smoke.get_config()
+    config.data.train_source_size = 24
+    _, (_, batch) = preflight.train_step_program(config, jax.devices()[:2], "cpu", 4)
+    assert batch["image"].shape == (2, 4, 24, 24, 3)
+    assert batch["valid"].shape == (2, 4, 2) and batch["valid"].dtype == jnp.int32
+    _, (_, square) = preflight.train_step_program(smoke.get_config(), jax.devices()[:2], "cpu", 4)
+    assert "valid" not in square and square["image"].shape[2] == config.data.source_size
+
+
+def test_hlo_summary_counts_copies_of_entry_parameters():
+    class Compiled:  # what hlo_summary reads of an executable: its optimized HLO text
+        def as_text(self) -> str:
+            return "\n".join([
+                "HloModule step",
+                "%fused (p: f32[4]) -> f32[4] {",
+                "  %p = f32[4]{0} parameter(0)",
+                "  ROOT %c = f32[4]{0} copy(%p)",  # inside a fusion: not an entry buffer
+                "}",
+                "ENTRY %main (a: f32[4,4], b: u8[2]) -> f32[4,4] {",
+                "  %Arg_0.1 = f32[4,4]{1,0} parameter(0)",
+                "  %Arg_1.2 = u8[2]{0} parameter(1)",
+                "  %copy.3 = f32[4,4]{0,1} copy(f32[4,4]{1,0} %Arg_0.1)",
+                "  %copy.4 = f32[4,4]{1,0} copy(%copy.3)",
+                "  %ar = bf16[8]{0} all-reduce(%copy.4), to_apply=%add",
+                "  ROOT %t = f32[4,4]{1,0} transpose(%copy.4), dimensions={1,0}",
+                "}",
+            ])  # fmt: skip
+
+    summary = preflight.hlo_summary(Compiled())
+    assert summary["entry_copies"] == 2
+    assert summary["entry_parameter_copies"] == 1
+    assert summary["entry_parameter_copy_bytes"] == 4 * 4 * 4
+    assert summary["entry_transposes"] == 1
+    assert summary["all_reduces"] == 1 and summary["all_reduce_bytes"] == 16
