@@ -18,7 +18,14 @@ from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 FLAGS = flags.FLAGS
-MODES = ["train", "linear_eval", "knn", "baselines", "export", "embed"]
+MODES = ["train", "linear_eval", "fine_tune", "knn", "baselines", "export", "embed"]
+# --mode -> the type of the config.evals entries it runs on a workdir's newest checkpoint.
+EVAL_MODES = {
+    "linear_eval": "linear",
+    "fine_tune": "fine_tune",
+    "knn": "knn",
+    "baselines": "baselines",
+}
 
 
 def _define_flags() -> None:
@@ -35,8 +42,9 @@ def _define_flags() -> None:
         "mode",
         "train",
         MODES,
-        "train: pretrain (resumes); linear_eval / knn / baselines: evaluate the checkpoint in "
-        "--workdir; export: write the encoder alone to --output (default WORKDIR/export); "
+        "train: pretrain (resumes); linear_eval / fine_tune / knn / baselines: run the "
+        "config.evals entries of that type on the newest checkpoint in --workdir; export: write "
+        "the encoder alone to --output (default WORKDIR/export); "
         "embed: embeddings of --split to --output (.npy).",
     )
     flags.DEFINE_string("output", None, "Output path for --mode=export/embed.")
@@ -173,6 +181,7 @@ def main(argv: list[str]) -> None:
         input_pipeline.DatasetError,
         checkpoint.CheckpointError,
         export.ExportError,
+        train.EvaluatorError,
         train.NonFiniteLossError,
         train.ConfigConflictError,
         train.ReplicaMismatchError,
@@ -219,36 +228,15 @@ def _cpu_autotune(config) -> tuple:
 
 def _evaluate(mode: str, config, workdir: str) -> dict:
     """The non-training modes; all read the newest checkpoint in ``workdir``."""
-    from byol_jax import export, knn, linear_eval, train
+    from byol_jax import export, train
 
     data = config.data
-    splits = dict(
-        dataset=data.dataset,
-        train_split=data.train_split,
-        test_split=data.eval_split,
-        data_dir=data.data_dir,
-        idx_dir=data.idx_dir,
-    )
-    if mode == "linear_eval":
-        out = os.path.join(workdir, "linear_eval.json")
-        result = linear_eval.evaluate_pretrained(
-            workdir, **splits, out_file=out, **train.linear_eval_options(config)
-        )
-        return {k: result[k] for k in ("top1", "top5")} | {"written": out}
-    if mode == "knn":
-        out = os.path.join(workdir, "knn.json")
-        result = knn.evaluate_pretrained(
-            workdir,
-            **splits,
-            k=config.eval.knn_k,
-            temperature=config.eval.knn_temperature,
-            out_file=out,
-        )
-        return {k: result[k] for k in ("top1", "top5")} | {"written": out}
-    if mode == "baselines":
-        return train.table_of_workdir(config, workdir)
+    if mode in EVAL_MODES:
+        return train.evaluate_workdir(config, workdir, EVAL_MODES[mode])
     if mode == "export":
+        train.ensure_encoder_spec(config, workdir)
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
+    train.ensure_encoder_spec(config, workdir)
     split = FLAGS.split or data.eval_split
     out = FLAGS.output or os.path.join(workdir, f"embeddings_{split.replace(':', '_')}.npy")
     export.embed_split(

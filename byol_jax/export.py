@@ -10,8 +10,9 @@ An exported encoder is a directory with two files:
   pretraining step it came from.
 
 ``load_encoder(path)`` accepts such a directory (or either file in it) or a pretraining workdir;
-from a workdir it reads ``config.json`` and restores only the online encoder's parameters and BN
-statistics from the newest Orbax checkpoint (no optimizer state, no target network).
+from a workdir it reads the ``encoder.json`` pretraining wrote there and restores only the online
+encoder's parameters and BN statistics from the newest Orbax checkpoint (no optimizer state, no
+target network).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
@@ -38,26 +39,6 @@ FORMAT = features.SPEC_FORMAT
 
 class ExportError(features.SpecError):
     """A path holds neither a pretraining workdir with checkpoints nor an exported encoder."""
-
-
-def spec_from_config(config: Mapping[str, Any], step: int | None = None) -> EncoderSpec:
-    """The encoder spec of a pretraining config (``workdir/config.json`` as a dict)."""
-    model, data = config["model"], config["data"]
-    return EncoderSpec(
-        encoder=model["encoder"],
-        width=int(model["width"]),
-        base_width=int(model["base_width"]) or None,  # 0 keeps the variant's default
-        stem=model["stem"],
-        dtype=model["dtype"],
-        image_size=int(data["image_size"]),
-        source_size=int(data["source_size"]),
-        crop_fraction=float(data["eval_crop_fraction"]),
-        mean=tuple(float(m) for m in data["mean"]),
-        std=tuple(float(s) for s in data["std"]),
-        step=step,
-        padding=model.get("padding", "symmetric"),
-        projection_shortcuts=bool(model.get("projection_shortcuts", False)),
-    )
 
 
 def restore_encoder_variables(workdir: str, step: int | None = None) -> tuple[dict, int]:
@@ -110,13 +91,15 @@ def _resolve(path: str) -> tuple[str, str]:
     path = os.fspath(path)
     if os.path.isfile(path) and os.path.basename(path) in (ENCODER_FILE, SPEC_FILE):
         path = os.path.dirname(path) or "."
-    if os.path.isfile(os.path.join(path, SPEC_FILE)):
+    if os.path.isfile(os.path.join(path, ENCODER_FILE)):
         return "export", path
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if os.path.isdir(checkpoint.checkpoint_dir(path)) or os.path.isfile(
+        os.path.join(path, "config.json")
+    ):
         return "workdir", path
     raise ExportError(
         f"{path} is neither an exported encoder ({SPEC_FILE} + {ENCODER_FILE}) nor a "
-        "pretraining workdir (config.json + checkpoints/)"
+        "pretraining workdir (checkpoints/)"
     )
 
 
@@ -125,56 +108,23 @@ def read_encoder(
 ) -> tuple[Any, dict[str, Any], EncoderSpec]:
     """(encoder module, ``{"params", "batch_stats"}``, spec) from a workdir or an export.
 
-    ``step`` picks a checkpoint of a workdir (default: newest); exports hold one step.
+    ``step`` picks a checkpoint of a workdir (default: newest); exports hold one step. Both
+    describe the encoder in ``encoder.json`` (pretraining writes it into the workdir).
     """
     kind, directory = _resolve(path)
+    if not os.path.isfile(os.path.join(directory, SPEC_FILE)):
+        raise ExportError(
+            f"{directory} has no {SPEC_FILE} (workdirs of earlier versions): run launch.py "
+            "--mode=export (or any evaluation mode) with the run's --config once to write it"
+        )
+    spec = _read_spec_file(directory)
     if kind == "export":
-        spec = _read_spec_file(directory)
         with open(os.path.join(directory, ENCODER_FILE), "rb") as f:
             variables = flax.serialization.msgpack_restore(f.read())
     else:
-        with open(os.path.join(directory, "config.json")) as f:
-            config = json.load(f)
         variables, restored_step = restore_encoder_variables(directory, step)
-        spec = spec_from_config(config, step=restored_step)
+        spec = dataclasses.replace(spec, step=restored_step)
     return spec.build(conv_impl), dict(variables), spec
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationInputs:
-    """A pretrained encoder and two labelled splits read at its pretraining source size."""
-
-    encoder: Any  # a flax module (models.ResNet)
-    variables: dict[str, Any]
-    spec: EncoderSpec
-    train: features.LabeledImages
-    test: features.LabeledImages
-
-    @property
-    def num_classes(self) -> int:
-        """Taken from the train split's labels (0..max)."""
-        return int(np.max(self.train.labels)) + 1
-
-
-def read_for_evaluation(
-    path: str,
-    *,
-    dataset: str,
-    train_split: str,
-    test_split: str,
-    data_dir: str | None,
-    idx_dir: str,
-    step: int | None = None,
-) -> EvaluationInputs:
-    """``read_encoder`` plus both splits in host memory: what the offline evaluations start from."""
-    encoder, variables, spec = read_encoder(path, step=step)
-
-    def load(split: str) -> features.LabeledImages:
-        return features.load_split(
-            dataset, split, source_size=spec.source_size, data_dir=data_dir, idx_dir=idx_dir
-        )
-
-    return EvaluationInputs(encoder, variables, spec, load(train_split), load(test_split))
 
 
 def export_encoder(workdir: str, out_dir: str, *, step: int | None = None) -> str:

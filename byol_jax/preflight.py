@@ -21,7 +21,7 @@ A TPU compile that runs out of HBM fails inside XLA; that is reported as ``fits:
 ``--max_batch`` searches the largest per-chip batch (a multiple of ``--batch_multiple``) that
 fits: two compiles give a linear fit of memory against batch, whose prediction seeds a
 bisection over further compiles (usually 2-4 more). ``--step=linear_eval`` compiles the linear
-evaluation's training call instead (frozen encoder, ``config.eval.linear_batch_size``).
+evaluation's training call instead (frozen encoder, ``config.evals.linear.batch_size``).
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from byol_jax import accelerators, flop_count, linear_eval, models, parallel, train
+from byol_jax import accelerators, flop_count, models, parallel, train
+from byol_jax.evaluators import linear as linear_eval
 
 DEFAULT_NUM_CLASSES = 1000
 DEFAULT_NUM_TRAIN_EXAMPLES = 1_281_167  # ImageNet train; only shapes the LR/EMA schedules
-# linear_eval.linear_evaluation's default: steps scanned inside one compiled call.
+# evaluators.linear.linear_evaluation's default: steps scanned inside one compiled call.
 LINEAR_EVAL_STEPS_PER_CALL = 50
 # Backend optimizations off: compiles ~2x faster; buffer assignment (the memory figures) is
 # the same (checked for the smoke and ResNet-50 steps on TPU and GPU, see the README).
@@ -124,8 +125,8 @@ def linear_eval_program(
         crop_fraction=float(config.data.eval_crop_fraction),
         mean=tuple(float(m) for m in config.data.mean),
         std=tuple(float(s) for s in config.data.std),
-        augment=bool(config.eval.linear_augment),
-        fine_tune=bool(config.eval.fine_tune),
+        augment=bool(config.evals.linear.augment),
+        fine_tune=False,
         weight_decay=0.0,
         seed=int(config.seed),
         top_k=min(5, num_classes),
@@ -450,7 +451,7 @@ def run(
     if step not in ("train", "linear_eval"):
         raise PreflightError(f"step {step!r} is invalid: one of ['train', 'linear_eval']")
     target = accelerators.parse_target(target_spec)
-    global_batch = int(config.batch_size if step == "train" else config.eval.linear_batch_size)
+    global_batch = int(config.batch_size if step == "train" else config.evals.linear.batch_size)
     if step == "train" and global_batch % target.devices:
         raise PreflightError(
             f"batch_size {global_batch} does not divide over the {target.devices} devices of "

@@ -26,15 +26,12 @@ import optax
 
 from byol_jax import (
     augment,
-    baselines,
     checkpoint,
     cpu_autotune,
     ema,
-    evaluate,
     export,
     features,
     input_pipeline,
-    knn,
     metrics_io,
     models,
     optim,
@@ -43,6 +40,8 @@ from byol_jax import (
     report,
     train_state,
 )
+from byol_jax.evaluators import baselines, registry
+from byol_jax.evaluators.base import EvalData, EvaluatorError
 from byol_jax.train_step import train_step
 
 
@@ -333,24 +332,68 @@ def check_and_save_config(
         name.isdigit() for name in os.listdir(checkpoint.checkpoint_dir(workdir))
     )
     if os.path.exists(path) and has_checkpoints and not allow_config_change:
-        with open(path) as f:
-            old = _flatten(json.load(f))
-        flat_new = _flatten(new)
-        changed = sorted(
-            key
-            for key in set(old) | set(flat_new)
-            if key.startswith(_FIXED_KEYS)
-            and old.get(key, _ADDED_KEY_DEFAULTS.get(key)) != flat_new.get(key)
-        )
-        if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {flat_new.get(k)!r}" for k in changed[:5])
-            raise ConfigConflictError(
-                f"{workdir} holds checkpoints of a different run ({diffs}). Use a new --workdir, "
-                "or pass --allow_config_change to resume anyway."
-            )
+        _refuse_changes(path, new, workdir)
     with open(path + ".tmp", "w") as f:
         json.dump(new, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)  # atomic: a crash never leaves a half-written config
+    write_encoder_spec(config, workdir)
+
+
+def _refuse_changes(path: str, new: dict[str, Any], workdir: str) -> None:
+    with open(path) as f:
+        old = _flatten(json.load(f))
+    flat_new = _flatten(new)
+    changed = sorted(
+        key
+        for key in set(old) | set(flat_new)
+        if key.startswith(_FIXED_KEYS)
+        and old.get(key, _ADDED_KEY_DEFAULTS.get(key)) != flat_new.get(key)
+    )
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {flat_new.get(k)!r}" for k in changed[:5])
+        raise ConfigConflictError(
+            f"{workdir} holds checkpoints of a different run ({diffs}). Use a new --workdir, "
+            "or pass --allow_config_change to resume anyway."
+        )
+
+
+def encoder_spec(config: ml_collections.ConfigDict) -> features.EncoderSpec:
+    """The encoder's architecture and input convention (``workdir/encoder.json``)."""
+    model, data = config.model, config.data
+    return features.EncoderSpec(
+        encoder=model.encoder,
+        width=int(model.width),
+        base_width=int(model.base_width) or None,  # 0 keeps the variant's default
+        stem=model.stem,
+        dtype=model.dtype,
+        image_size=int(data.image_size),
+        source_size=int(data.source_size),
+        crop_fraction=float(data.eval_crop_fraction),
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+        padding=model.padding,
+        projection_shortcuts=bool(model.projection_shortcuts),
+    )
+
+
+def write_encoder_spec(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """``workdir/encoder.json``: what evaluation and export read instead of the config."""
+    path = os.path.join(workdir, export.SPEC_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(encoder_spec(config).to_json(), f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def ensure_encoder_spec(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Workdirs of earlier versions lack ``encoder.json``: write it from ``config`` after checking
+    that the config's model and data match the workdir's ``config.json``."""
+    if os.path.exists(os.path.join(workdir, export.SPEC_FILE)):
+        return
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return  # not a workdir: export.read_encoder explains
+    _refuse_changes(path, json.loads(config.to_json_best_effort()), workdir)
+    write_encoder_spec(config, workdir)
 
 
 class ConfigConflictError(ValueError):
@@ -372,12 +415,13 @@ def train_and_evaluate(
     Returns the final summary that is also written to ``workdir/summary.json``. On SIGTERM or
     SIGINT it checkpoints the current step and returns early with ``preempted=True``.
     """
+    for name, entry in _entries(config).items():  # before anything is written
+        registry.check_entry(name, entry)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as error:
         raise checkpoint.CheckpointError(f"cannot create workdir {workdir}: {error}") from error
     is_chief = jax.process_index() == 0
-    data = config.data
     info = train_dataset_info(config)
     experiment = build_experiment(
         config,
@@ -406,7 +450,9 @@ def train_and_evaluate(
     p_train_step = parallel.map_step(experiment.step_fn)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief, resume_step=restored_step)
 
-    knn_monitor = _knn_monitor(config, experiment, info.num_classes)
+    evals = build_evaluators(config, eval_data(config, num_classes=info.num_classes))
+    periodic = [e for e in evals if e.every_steps > 0]
+    encoder = experiment.online_net.encoder
     steps = experiment.total_steps
     last_log_time, last_log_step = time.time(), start_step
     last_saved = restored_step
@@ -439,20 +485,24 @@ def train_and_evaluate(
                     max(step - last_log_step, 1) * config.batch_size / elapsed
                 )
                 last_log_time, last_log_step = now, step
-                if knn_monitor and (step % config.eval.knn_every_steps == 0 or step == steps):
-                    values.update(knn_monitor.run(features.encoder_variables(state)))
-                    last_log_time = time.time()  # keep evaluation out of images/s
+                for scheduled in periodic:
+                    if scheduled.due(step, steps):
+                        # The encoder's subtree of the replicated state: nothing is copied.
+                        variables = features.encoder_variables(state)
+                        values.update(scheduled.run(encoder, variables, replicated=True))
+                        last_log_time = time.time()  # keep evaluation out of images/s
                 writer.write(step, values)
                 if is_chief:
                     eta = (steps - step) * config.batch_size / max(values["images_per_sec"], 1e-9)
-                    knn_text = (
-                        f" | kNN acc {values['knn_accuracy']:.3f}"
-                        if "knn_accuracy" in values
-                        else ""
+                    evaluated = "".join(
+                        f" | {k} {v:.3f}"
+                        for e in periodic
+                        for k, v in values.items()
+                        if k.startswith(f"{e.name}_") and k.endswith(("accuracy", "top1"))
                     )
                     print(
                         f"step {step}/{steps} | loss {values['loss']:.4f} | probe acc "
-                        f"{values['probe_accuracy']:.3f}{knn_text} | "
+                        f"{values['probe_accuracy']:.3f}{evaluated} | "
                         f"{values['images_per_sec']:.0f} img/s | ETA {_format_duration(eta)}",
                         flush=True,
                     )
@@ -484,68 +534,30 @@ def train_and_evaluate(
                 flush=True,
             )
         return {**summary, "preempted": True}
-    eval_batches = input_pipeline.eval_batches(
-        data.dataset,
-        data.eval_split,
-        data_dir=data.data_dir,
-        batch_size=_eval_batch_size(data.eval_batch_size),
-        source_size=data.source_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        idx_dir=data.idx_dir,
-    )
-    if info.num_classes:
-        summary.update(
-            evaluate.probe_accuracy(
-                state,
-                eval_batches,
-                online_net=experiment.online_net,
-                probe=experiment.probe,
-                image_size=data.image_size,
-                crop_fraction=data.eval_crop_fraction,
-                mean=tuple(data.mean),
-                std=tuple(data.std),
-            )
-        )
-    writer.write(int(step), {f"eval_{k}": v for k, v in summary.items() if "accuracy" in k})
-    writer.close()
-    if config.eval.final_table and info.num_classes:
-        # Every process takes part (features are embedded over all devices of all processes).
-        table = final_table(config, experiment, features.encoder_variables(state))
+    # Every process runs the evaluators (features are embedded over all devices of all
+    # processes); process 0 prints and writes.
+    for scheduled in (e for e in evals if e.at_end):
+        variables = features.encoder_variables(state)
+        if scheduled.kind == "probe":
+            variables = {**variables, "probe": state.probe_params}
+        start = time.time()
+        metrics = scheduled.run(encoder, variables, replicated=True)
+        writer.write(int(step), {f"eval_{k}": v for k, v in metrics.items()})
         if is_chief:
-            summary["table"] = table
-            with open(os.path.join(workdir, "eval_table.json"), "w") as f:
-                json.dump(table, f, indent=2)
+            print(f"{scheduled.describe(metrics)} [{time.time() - start:.0f}s]", flush=True)
+            _write_eval_file(workdir, scheduled, metrics, step=int(step))
+            if scheduled.kind == "baselines":
+                summary["table"] = baselines.unflatten(
+                    {k[len(scheduled.name) + 1 :]: v for k, v in metrics.items()}
+                )
+            else:
+                summary.update(metrics)
+    writer.close()
     if is_chief:
         summary["report"] = report.write_report(workdir)
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
-
-
-def linear_eval_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments of ``linear_eval.linear_evaluation`` from ``config.eval``."""
-    return dict(
-        epochs=config.eval.linear_epochs,
-        base_lr=config.eval.linear_base_lr,
-        batch_size=config.eval.linear_batch_size,
-        augment=config.eval.linear_augment,
-        lr_sweep=tuple(config.eval.lr_sweep) or None,
-        fine_tune=config.eval.fine_tune,
-        label_fraction=config.eval.label_fraction,
-        seed=config.seed,
-    )
-
-
-def table_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments of ``baselines.baseline_table`` from ``config.eval``."""
-    return dict(
-        l2_grid=tuple(config.eval.table_l2_grid),
-        holdout_fraction=config.eval.table_holdout_fraction,
-        knn_ks=tuple(config.eval.table_knn_ks),
-        knn_temperature=config.eval.knn_temperature,
-        seed=config.seed,
-    )
 
 
 def eval_view(config: ml_collections.ConfigDict) -> features.View:
@@ -556,107 +568,114 @@ def eval_view(config: ml_collections.ConfigDict) -> features.View:
     )
 
 
-def final_table(
+def eval_data(
     config: ml_collections.ConfigDict,
-    experiment: Experiment,
-    replicated_variables: dict[str, Any],
     *,
-    splits: tuple[features.LabeledImages, features.LabeledImages] | None = None,
-) -> dict[str, Any]:
-    """The baselines table for the in-memory encoder (replicated over local devices).
-
-    BYOL, a random-init encoder and raw pixels, each scored by the same converged logistic
-    regression and kNN; printed by process 0. ``splits``: (train, test) already in memory.
-    """
+    num_classes: int,
+    source_size: int | None = None,
+    view: features.View | None = None,
+) -> EvalData:
+    """The data every evaluator draws on: splits of ``config.data`` at the evaluation source
+    size, each read into memory at most once per run."""
     data = config.data
-    if splits is None:
-        load = functools.partial(
-            features.load_split,
+    size = int(source_size or data.source_size)
+    loaded: dict[str, features.LabeledImages] = {}
+
+    def load(split: str) -> features.LabeledImages:
+        if split not in loaded:
+            loaded[split] = features.load_split(
+                data.dataset, split, source_size=size, data_dir=data.data_dir, idx_dir=data.idx_dir
+            )
+        return loaded[split]
+
+    def stream(split: str) -> Iterator[dict[str, np.ndarray]]:
+        return input_pipeline.eval_batches(
             data.dataset,
-            source_size=data.source_size,
+            split,
             data_dir=data.data_dir,
+            batch_size=_eval_batch_size(data.eval_batch_size),
+            source_size=size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
             idx_dir=data.idx_dir,
         )
-        splits = (load(data.train_split), load(data.eval_split))
-    train, test = splits
-    start = time.time()
-    table = baselines.baseline_table(
-        experiment.online_net.encoder,
-        train,
-        test,
-        num_classes=int(np.max(train.labels)) + 1,
-        view=eval_view(config),
-        pretrained_variables=replicated_variables,
-        pretrained_replicated=True,
-        **table_options(config),
-    )
-    if jax.process_index() == 0:
-        print(baselines.format_table(table), flush=True)
-        print(f"(table: {len(train.labels)} train / {len(test.labels)} test images, "
-              f"{time.time() - start:.0f}s)", flush=True)  # fmt: skip
-    return table
 
-
-def table_of_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """``--mode=baselines``: the same table for the newest checkpoint's encoder in ``workdir``.
-
-    Restores only the online encoder's variables (not the whole TrainState); works on workdirs
-    written by earlier versions (their config.json names the architecture).
-    """
-    data = config.data
-    encoder, variables, spec = export.read_encoder(workdir)
-    load = functools.partial(
-        features.load_split,
-        data.dataset,
-        source_size=spec.source_size,
-        data_dir=data.data_dir,
-        idx_dir=data.idx_dir,
-    )
-    train, test = load(data.train_split), load(data.eval_split)
-    start = time.time()
-    table = baselines.baseline_table(
-        encoder,
-        train,
-        test,
-        num_classes=int(np.max(train.labels)) + 1,
-        view=spec.view,
-        pretrained_variables=variables,
-        **table_options(config),
-    )
-    if jax.process_index() == 0:
-        print(baselines.format_table(table), flush=True)
-        print(f"(table of step {spec.step}: {len(train.labels)} train / {len(test.labels)} "
-              f"test images, {time.time() - start:.0f}s)", flush=True)  # fmt: skip
-        with open(os.path.join(workdir, "eval_table.json"), "w") as f:
-            json.dump(table, f, indent=2)
-    return table
-
-
-def _knn_monitor(
-    config: ml_collections.ConfigDict, experiment: Experiment, num_classes: int
-) -> knn.KnnEvaluator | None:
-    if config.eval.knn_every_steps <= 0 or not num_classes:
-        return None
-    data = config.data
-    load = functools.partial(
-        features.load_split,
-        data.dataset,
-        source_size=data.source_size,
-        data_dir=data.data_dir,
-        idx_dir=data.idx_dir,
-    )
-    return knn.KnnEvaluator(
-        experiment.online_net.encoder,
-        load(config.eval.knn_train_split),
-        load(config.eval.knn_test_split),
+    return EvalData(
+        load_split=load,
+        stream_split=stream,
+        train_split=data.train_split,
+        test_split=data.eval_split,
         num_classes=num_classes,
-        image_size=data.image_size,
-        mean=tuple(data.mean),
-        std=tuple(data.std),
-        crop_fraction=data.eval_crop_fraction,
-        k=config.eval.knn_k,
-        temperature=config.eval.knn_temperature,
+        view=view or eval_view(config),
+        seed=config.seed,
     )
+
+
+def _entries(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    return {name: dict(entry.to_dict()) for name, entry in config.evals.items()}
+
+
+def build_evaluators(
+    config: ml_collections.ConfigDict, data: EvalData, *, kind: str | None = None
+) -> list[registry.Scheduled]:
+    """The evaluators of ``config.evals``: the scheduled ones (``every_steps`` or ``at_end``), or
+    with ``kind`` every entry of that type (for ``--mode``). None without labels."""
+    if not data.num_classes:
+        return []
+    built = []
+    for name, entry in _entries(config).items():
+        wanted = (
+            entry.get("type") == kind if kind else entry.get("every_steps") or entry.get("at_end")
+        )
+        if wanted:
+            built.append(registry.build(name, entry, data))
+    return built
+
+
+def _write_eval_file(
+    workdir: str, scheduled: registry.Scheduled, metrics: dict[str, float], **info: Any
+) -> str:
+    """``workdir/eval_<name>.json``: the metrics (and the linear evaluators' settings)."""
+    content: dict[str, Any] = {"evaluator": scheduled.name, "type": scheduled.kind, **info}
+    content["metrics"] = metrics
+    details = getattr(scheduled.evaluator, "last_result", None)
+    if details:
+        content["details"] = details
+    path = os.path.join(workdir, f"eval_{scheduled.name}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(content, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, kind: str) -> dict[str, Any]:
+    """``--mode=knn/linear_eval/fine_tune/baselines``: the ``config.evals`` entries of type
+    ``kind``, run on the newest checkpoint's encoder in ``workdir`` (restored alone, not the
+    whole TrainState). Writes ``workdir/eval_<name>.json`` per entry."""
+    ensure_encoder_spec(config, workdir)
+    encoder, variables, spec = export.read_encoder(workdir)
+    data = eval_data(
+        config,
+        num_classes=train_dataset_info(config).num_classes,
+        source_size=spec.source_size,
+        view=spec.view,
+    )
+    evals = build_evaluators(config, data, kind=kind)
+    if not evals:
+        raise EvaluatorError(
+            f"config.evals has no entry of type {kind!r} (or the dataset has no labels)"
+        )
+    results: dict[str, Any] = {"pretraining_step": spec.step}
+    for scheduled in evals:
+        start = time.time()
+        metrics = scheduled.run(encoder, variables)
+        if jax.process_index() == 0:
+            print(f"{scheduled.describe(metrics)} [{time.time() - start:.0f}s]", flush=True)
+            results[scheduled.name] = metrics
+            results["written"] = _write_eval_file(
+                workdir, scheduled, metrics, pretraining_step=spec.step
+            )
+    return results
 
 
 def _eval_batch_size(requested: int) -> int:

@@ -137,31 +137,37 @@ def validate_config(
     )
     _check(config, "data.max_bad_records", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
     log_every = config.log_every_steps
-    _check(
-        config,
-        "eval.knn_every_steps",
-        lambda v: _is_int(v) and v >= 0 and v % log_every == 0,
-        f"0 (off) or a positive multiple of log_every_steps ({log_every})",
-    )
-    _check(config, "eval.knn_k", lambda v: _is_int(v) and v > 0, "a positive integer")
-    _check(config, "eval.knn_temperature", lambda v: v > 0, "a number > 0")
-    _check(
-        config,
-        "eval.table_l2_grid",
-        lambda v: len(v) > 0 and all(_is_number(x) and x > 0 for x in v),
-        "one or more positive L2 strengths",
-    )
-    _check(config, "eval.table_holdout_fraction", lambda v: 0 < v < 1, "a number in (0, 1)")
-    _check(
-        config,
-        "eval.table_knn_ks",
-        lambda v: len(v) > 0 and all(_is_int(k) and k > 0 for k in v),
-        "one or more positive integers",
-    )
-    _check(config, "eval.linear_epochs", lambda v: _is_int(v) and v > 0, "a positive integer")
-    _check(config, "eval.linear_base_lr", lambda v: v > 0, "a number > 0")
-    _check(config, "eval.linear_batch_size", lambda v: _is_int(v) and v > 0, "a positive integer")
-    _check(config, "eval.label_fraction", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    positive_int = (lambda v: _is_int(v) and v > 0, "a positive integer")
+    positive = (lambda v: _is_number(v) and v > 0, "a number > 0")
+    # Options of the evaluators, by name in whichever config.evals entry has them (the entry's
+    # type and option names are checked by evaluators.registry when the evaluators are built).
+    option_checks = {
+        "every_steps": (
+            lambda v: _is_int(v) and v >= 0 and v % log_every == 0,
+            f"0 (off) or a positive multiple of log_every_steps ({log_every})",
+        ),
+        "at_end": (lambda v: isinstance(v, bool), "True or False"),
+        "k": positive_int,
+        "temperature": positive,
+        "knn_temperature": positive,
+        "l2_grid": (
+            lambda v: len(v) > 0 and all(_is_number(x) and x > 0 for x in v),
+            "one or more positive L2 strengths",
+        ),
+        "holdout_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        "knn_ks": (
+            lambda v: len(v) > 0 and all(_is_int(k) and k > 0 for k in v),
+            "one or more positive integers",
+        ),
+        "epochs": positive_int,
+        "base_lr": positive,
+        "batch_size": positive_int,
+        "label_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    }
+    for name, entry in config.evals.items():
+        for option, (ok, allowed) in option_checks.items():
+            if option in entry:
+                _check(config, f"evals.{name}.{option}", ok, allowed)
     _check(config, "augment.crop_area_min", lambda v: 0 < v <= 1, "a number in (0, 1]")
     for key in ("augment.blur_prob", "augment.solarize_prob"):
         _check(

@@ -69,26 +69,40 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.max_bad_records = 100  # per process: undecodable records skipped (and counted)
     config.data.eval_batch_size = 512
 
-    # Evaluation: periodic kNN monitor, end-of-run table, and the --mode=linear_eval protocol.
-    config.eval = ml_collections.ConfigDict()
-    config.eval.knn_every_steps = 0  # 0 = off; kNN of the online encoder on the splits below
-    config.eval.knn_train_split = "train[:10000]"
-    config.eval.knn_test_split = "test[:2000]"
-    config.eval.knn_k = 200
-    config.eval.knn_temperature = 0.1
-    config.eval.final_table = False  # BYOL, random init and raw pixels, scored alike
-    # The table's classifier: logistic regression to convergence on standardized features, its
-    # L2 strength chosen per row from this grid on a held-out part of train; kNN at these k.
-    config.eval.table_l2_grid = (1e-2, 1e-3, 1e-4)
-    config.eval.table_holdout_fraction = 0.1
-    config.eval.table_knn_ks = (20, 200)
-    config.eval.linear_epochs = 80
-    config.eval.linear_base_lr = 0.2  # scaled by linear_batch_size / 256
-    config.eval.linear_batch_size = 1024
-    config.eval.linear_augment = True  # paper protocol; False = features computed once
-    config.eval.lr_sweep = ()  # e.g. (0.4, 0.3, 0.2, 0.1, 0.05): chosen on a held-out 10%
-    config.eval.fine_tune = False
-    config.eval.label_fraction = 1.0  # semi-supervised subsets, e.g. 0.01 / 0.1
+    # Evaluators (byol_jax/evaluators): name -> dict(type, every_steps (> 0: periodic during
+    # pretraining, and at the last step), at_end (after pretraining), the type's own options).
+    # Splits left "" are data.train_split / data.eval_split. --mode=knn / linear_eval /
+    # fine_tune / baselines runs the entries of that type on a workdir's newest checkpoint.
+    config.evals = ml_collections.ConfigDict()
+    config.evals.probe = dict(type="probe", at_end=True)  # the online probe's test accuracy
+    config.evals.knn = dict(
+        type="knn",
+        every_steps=0,
+        train_split="train[:10000]",
+        test_split="test[:2000]",
+        k=200,
+        temperature=0.1,
+    )
+    # BYOL, random init and raw pixels, scored alike: logistic regression to convergence on
+    # standardized features, its L2 strength chosen per row from l2_grid on a held-out part of
+    # train; kNN at knn_ks.
+    config.evals.table = dict(
+        type="baselines",
+        at_end=False,
+        l2_grid=(1e-2, 1e-3, 1e-4),
+        holdout_fraction=0.1,
+        knn_ks=(20, 200),
+        knn_temperature=0.1,
+    )
+    # The paper's linear protocol (appendix C.1): frozen encoder, SGD Nesterov, random crops;
+    # augment=False computes the features once. lr_sweep e.g. (0.4, 0.3, 0.2, 0.1, 0.05).
+    config.evals.linear = dict(
+        type="linear", epochs=80, base_lr=0.2, batch_size=1024, augment=True, lr_sweep=()
+    )
+    # Semi-supervised (appendix C.2): fine-tune encoder + classifier on a label fraction.
+    config.evals.fine_tune = dict(
+        type="fine_tune", label_fraction=0.1, epochs=30, base_lr=0.2, batch_size=1024
+    )
 
     # The paper's per-view probabilities; change only for ablations.
     config.augment = ml_collections.ConfigDict()

@@ -47,11 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Evaluation that fits the 15-minute budget: kNN every 1000 steps (about once per epoch at
     # batch 64), then the table of linear (on precomputed features) and kNN accuracy for BYOL, a
     # random encoder and raw pixels.
-    config.eval.knn_every_steps = 1000
-    config.eval.final_table = True
-    config.eval.linear_augment = False
-    config.eval.linear_epochs = 30
-    config.eval.linear_batch_size = 256
+    config.evals.knn.every_steps = 1000
+    config.evals.table.at_end = True
+    config.evals.linear.update(augment=False, epochs=30, batch_size=256)
     if arg == "long":
         config.num_epochs = 20
     elif arg:

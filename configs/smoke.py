@@ -31,6 +31,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.eval_batch_size = 32
     config.data.shuffle_buffer = 256
     config.data.stream_shards = 0  # auto: the largest count <= 64 dividing the batch
-    config.eval.knn_every_steps = 0
-    config.eval.final_table = False
     return config

@@ -110,7 +110,10 @@ def test_every_plan_computes_the_same_outputs_and_gradients():
     (_, out_m), g_m = jax.value_and_grad(loss, has_aux=True)(
         variables["params"], encoders["matmul"]
     )
-    np.testing.assert_allclose(out_m, out_n, rtol=1e-4, atol=1e-4)
+    # Training-mode BatchNorm over a tiny batch amplifies float reordering between the two
+    # convolution algorithms (seen: 1.7e-4 on one of 256 outputs on an Intel Xeon); a wrong
+    # implementation would be off by O(1).
+    np.testing.assert_allclose(out_m, out_n, rtol=1e-3, atol=1e-3)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * np.abs(b).max()),
         g_m,

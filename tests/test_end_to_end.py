@@ -25,7 +25,7 @@ def test_pretrain_from_idx_files_then_resume_reproduces_the_run(tmp_path):
     full = str(tmp_path / "full")
     summary = train.train_and_evaluate(config, full)
     assert summary["step"] == config.num_steps
-    assert summary["eval_examples"] == 64
+    assert summary["probe_examples"] == 64
     assert 0.0 <= summary["probe_accuracy"] <= 1.0
 
     records = metrics_io.read_metrics(full)
@@ -64,6 +64,6 @@ def test_pretrain_on_mocked_tfds_dataset(tmp_path):
     with tfds.testing.mock_data(num_examples=48):
         summary = train.train_and_evaluate(config, str(tmp_path))
     assert summary["step"] == 4
-    assert summary["eval_examples"] == 48
+    assert summary["probe_examples"] == 48
     losses = [r["loss"] for r in metrics_io.read_metrics(str(tmp_path)) if "loss" in r]
     assert len(losses) == 2 and all(0.0 <= x <= 8.0 for x in losses)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import byol_jax
-from byol_jax import checkpoint, evaluate, export, input_pipeline, train
+from byol_jax import checkpoint, export, features, input_pipeline, train
 from configs import smoke
 
 
@@ -32,18 +32,15 @@ def run(tmp_path_factory):
 
 
 def _training_embeddings(config, workdir, images):
-    """The embedding as pretraining's own evaluation computes it (evaluate.eval_views)."""
+    """The embedding as pretraining's own evaluation computes it (features.eval_views)."""
     experiment = train.build_experiment(config, num_classes=10, num_train_examples=256)
     template = jax.eval_shape(lambda: train.initial_state(experiment, config.seed))
     state, step = checkpoint.restore_latest(checkpoint.create_manager(workdir), template)
     assert step == config.num_steps
     data = config.data
-    views = evaluate.eval_views(
+    views = features.eval_views(
         images,
-        image_size=data.image_size,
-        crop_fraction=data.eval_crop_fraction,
-        mean=tuple(data.mean),
-        std=tuple(data.std),
+        features.View(data.image_size, data.eval_crop_fraction, tuple(data.mean), tuple(data.std)),
     )
     variables = {"params": state.online_params, "batch_stats": state.online_batch_stats}
     apply = jax.jit(lambda v, x: experiment.online_net.apply(v, x, train=False)["embedding"])
@@ -113,42 +110,49 @@ def test_bad_path_is_explained(tmp_path):
         export.load_encoder(str(tmp_path))
 
 
-def test_evaluate_pretrained_writes_json(run, tmp_path):
-    from byol_jax import baselines, knn, linear_eval
-
-    _, workdir, _, _ = run
-    splits = dict(dataset="fashion_mnist", train_split="train[:64]", test_split="test[:32]")
-    out_file = str(tmp_path / "linear_eval.json")
-    result = linear_eval.evaluate_pretrained(
-        workdir,
-        out_file=out_file,
-        augment=False,
-        epochs=2,
-        batch_size=32,
-        feature_batch_size=256,
-        **splits,
-    )
-    with open(out_file) as f:
+def test_evaluation_modes_run_the_config_evaluators_on_the_workdir(run, tmp_path):
+    config, workdir, _, _ = run
+    config = config.copy_and_resolve_references()
+    config.data.train_split, config.data.eval_split = "train[:64]", "test[:32]"
+    config.evals.linear.update(augment=False, epochs=2, batch_size=32)
+    config.evals.knn.update(k=10, train_split="", test_split="")
+    config.evals.table.update(knn_ks=(10,), l2_grid=(1e-2,))
+    linear = train.evaluate_workdir(config, workdir, "linear")
+    with open(os.path.join(workdir, "eval_linear.json")) as f:
         written = json.load(f)
-    assert written["top1"] == result["top1"] and 0.0 <= written["top1"] <= 1.0
-    assert written["num_test_examples"] == 32
-    assert written["settings"]["pretraining_step"] == 2
-    assert written["settings"]["precomputed_features"] is True
+    assert written["metrics"] == linear["linear"] and written["pretraining_step"] == 2
+    assert 0.0 <= written["metrics"]["linear_top1"] <= 1.0
+    assert written["details"]["num_test_examples"] == 32
+    assert written["details"]["settings"]["precomputed_features"] is True
 
-    knn_result = knn.evaluate_pretrained(
-        workdir, out_file=str(tmp_path / "knn.json"), k=10, batch_size=256, **splits
-    )
-    assert knn_result["k"] == 10 and knn_result["num_train_examples"] == 64
-
+    knn = train.evaluate_workdir(config, workdir, "knn")["knn"]
     # The table (--mode=baselines): its kNN column is the same evaluation as --mode=knn.
-    table_file = str(tmp_path / "eval_table.json")
-    table = baselines.evaluate_pretrained(
-        workdir, out_file=table_file, knn_ks=(10,), l2_grid=(1e-2,), **splits
+    table = train.evaluate_workdir(config, workdir, "baselines")["table"]
+    assert {k.split("/")[0] for k in table} == {
+        "table_byol",
+        "table_random_init",
+        "table_raw_pixels",
+    }
+    assert table["table_byol/knn10_top1"] == pytest.approx(knn["knn_accuracy"])
+
+
+def test_workdir_without_encoder_json_gets_one_from_a_matching_config(run, tmp_path):
+    import shutil
+
+    config, workdir, images, _ = run
+    old = str(tmp_path / "old")
+    shutil.copytree(workdir, old)
+    os.remove(os.path.join(old, export.SPEC_FILE))  # as written by earlier versions
+    with pytest.raises(export.ExportError, match="has no encoder.json"):
+        export.read_encoder(old)
+    changed = config.copy_and_resolve_references()
+    changed.model.width = 2
+    with pytest.raises(train.ConfigConflictError, match="model.width"):
+        train.ensure_encoder_spec(changed, old)
+    train.ensure_encoder_spec(config, old)
+    np.testing.assert_array_equal(
+        export.load_encoder(old)(images), export.load_encoder(workdir)(images)
     )
-    with open(table_file) as f:
-        assert json.load(f) == table
-    assert set(table) == {"byol", "random_init", "raw_pixels"}
-    assert table["byol"]["knn10_top1"] == pytest.approx(knn_result["top1"])
 
 
 # Orbax's failed read leaves an asyncio callback behind; it is noise, not a test failure.

@@ -1,29 +1,65 @@
 """launch.py as a user runs it: bad configs fail in one line; a rerun resumes."""
 
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from launch_helpers import ROOT, SMOKE, launch_command, launch_env
 
-BAD_CONFIGS = [
-    (["--config.batch_size=-4"], "config.batch_size=-4"),
-    (["--config.batch_size=12"], "divisible by the 8 devices"),
-    (["--config.model.encoder=resnet19"], "config.model.encoder='resnet19'"),
-    (["--config.data.dataset=no_such_dataset"], "config.data.dataset='no_such_dataset'"),
-    (["--config.data.image_size=4"], "config.data.image_size=4"),
-    (["--config.base_tau=1.5"], "config.base_tau=1.5"),
-    (["--config.optimizer.base_lr=0.0"], "config.optimizer.base_lr=0.0"),
-    (["--config.model.stem=tiny"], "config.model.stem='tiny'"),
-    (["--config.model.dtype=float8"], "config.model.dtype='float8'"),
-    (["--config.log_every_steps=0"], "config.log_every_steps=0"),
-    (["--config.data.eval_crop_fraction=1.5"], "config.data.eval_crop_fraction=1.5"),
-    (["--config.data.stream_shards=-1"], "config.data.stream_shards=-1"),
+# Checked in-process: the config flag parses the override as launch.py does, then the same
+# validation runs (no subprocess importing JAX and tfds per case).
+BAD_VALUES = [
+    ("--config.batch_size=-4", "config.batch_size=-4"),
+    ("--config.batch_size=12", "divisible by the 8 devices"),
+    ("--config.model.encoder=resnet19", "config.model.encoder='resnet19'"),
+    ("--config.data.dataset=no_such_dataset", "config.data.dataset='no_such_dataset'"),
+    ("--config.data.image_size=4", "config.data.image_size=4"),
+    ("--config.base_tau=1.5", "config.base_tau=1.5"),
+    ("--config.optimizer.base_lr=0.0", "config.optimizer.base_lr=0.0"),
+    ("--config.model.stem=tiny", "config.model.stem='tiny'"),
+    ("--config.model.dtype=float8", "config.model.dtype='float8'"),
+    ("--config.log_every_steps=0", "config.log_every_steps=0"),
+    ("--config.data.eval_crop_fraction=1.5", "config.data.eval_crop_fraction=1.5"),
+    ("--config.data.stream_shards=-1", "config.data.stream_shards=-1"),
+    ("--config.evals.knn.every_steps=3", "config.evals.knn.every_steps=3"),
+    ("--config.evals.table.holdout_fraction=1.0", "config.evals.table.holdout_fraction=1.0"),
+]
+# Errors of the command line itself, as a user sees them: one line on stderr, exit code 2.
+BAD_COMMAND_LINES = [
     (["--config.batch_size=abc"], "--config.batch_size=abc"),
     (["--config.no_such_key=1"], "unknown config key"),
     ([f"--config={ROOT}/configs/imagenet.py:epochs=7"], "epochs=7 has no preset"),
     ([f"--config={ROOT}/configs/missing.py"], "cannot load config file"),
+    (["--config.evals.knn.type=svm"], "config.evals.knn.type='svm' is not an evaluator"),
 ]
+
+
+def _parsed_config(override: str, monkeypatch):
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["launch.py", f"--config={SMOKE}", override]
+    monkeypatch.setattr(sys, "argv", argv)  # the config flag reads overrides when defined
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", SMOKE, flag_values=values, lock_config=True)
+    values(argv)
+    return values.config
+
+
+@pytest.mark.parametrize("override, expected", BAD_VALUES)
+def test_bad_values_are_refused_by_validation(override, expected, monkeypatch):
+    from byol_jax import input_pipeline, validation
+
+    config = _parsed_config(override, monkeypatch)
+    with pytest.raises(validation.ConfigError) as error:
+        validation.validate_config(
+            config,
+            device_count=8,
+            process_count=1,
+            known_datasets=input_pipeline.is_known_dataset,
+        )
+    assert expected in str(error.value)
 
 
 def _launch(args, workdir):
@@ -37,16 +73,16 @@ def _launch(args, workdir):
     )
 
 
-def test_bad_configs_fail_with_one_clear_line(tmp_path):
+def test_bad_command_lines_fail_with_one_clear_line(tmp_path):
     def run(case):
         index, (args, expected) = case
         workdir = tmp_path / f"run{index}"
         return args, expected, workdir, _launch([f"--config={SMOKE}", *args], workdir)
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(run, enumerate(BAD_CONFIGS)))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(run, enumerate(BAD_COMMAND_LINES)))
     for args, expected, workdir, result in results:
-        assert result.returncode != 0, (args, result.stdout, result.stderr)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert "Traceback" not in result.stderr, (args, result.stderr)
         error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(error_lines) == 1, (args, result.stderr)

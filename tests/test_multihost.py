@@ -64,11 +64,11 @@ def _summary(workdir):
 
 # Evaluation in both processes: the kNN monitor at the last step and the end-of-run table.
 EVAL_ARGS = (
-    "--config.eval.knn_every_steps=14",
-    "--config.eval.knn_train_split=train[:256]",
-    "--config.eval.knn_test_split=test[:64]",
-    "--config.eval.final_table=True",
-    "--config.eval.table_l2_grid=(0.01,0.001)",
+    "--config.evals.knn.every_steps=14",
+    "--config.evals.knn.train_split=train[:256]",
+    "--config.evals.knn.test_split=test[:64]",
+    "--config.evals.table.at_end=True",
+    "--config.evals.table.l2_grid=(0.01,0.001)",
 )
 
 

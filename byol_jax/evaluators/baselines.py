@@ -8,20 +8,22 @@ Rows of ``baseline_table``:
   ``calibration_batches`` batches): with the initial statistics (mean 0, variance 1) activations
   drift in scale through the network and the baseline would look worse than random features
   are;
-* ``raw_pixels``: the normalized eval view flattened (``linear_eval.PixelEncoder``).
+* ``raw_pixels``: the normalized eval view flattened (``features.PixelEncoder``).
 
 Every row goes through exactly the same code as the BYOL row (``evaluate_representation``):
 features computed once, a multinomial logistic regression on standardized features trained to
 convergence with its L2 strength chosen per row on a held-out 10% of train
 (``evaluators.logistic``), and weighted kNN at k=20 and k=200. A fixed-epoch SGD protocol
 under-fits high-dimensional inputs (784 raw pixels) more than 256-d features and so overstates an
-encoder's gain; the paper's SGD protocol stays available as ``--mode=linear_eval``.
+encoder's gain; the paper's SGD protocol stays available as the ``linear`` evaluator.
+
+``BaselinesEvaluator`` runs the table as an evaluator; its metrics are the table's cells,
+flattened to ``"<row>/<column>"``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax import evaluate, export, features, input_pipeline, knn, parallel
-from byol_jax.evaluators import logistic
+from byol_jax import features, parallel
+from byol_jax.evaluators import knn, logistic
+from byol_jax.evaluators.base import EvalData
 
 BN_MOMENTUM = 0.9  # models.batch_norm: running = momentum * running + (1 - momentum) * batch
 
@@ -86,9 +89,7 @@ def _population_batch_stats(
     std: tuple[float, ...],
 ) -> Any:
     def batch_moments(params, zero_stats, images):
-        views = evaluate.eval_views(
-            images, image_size=image_size, crop_fraction=crop_fraction, mean=mean, std=std
-        )
+        views = features.eval_views(images, features.View(image_size, crop_fraction, mean, std))
         # Training-mode BN normalizes with the batch's own moments, so running statistics never
         # feed back into the forward pass; starting them at zero, one update leaves exactly
         # (1 - momentum) * batch moments.
@@ -218,38 +219,85 @@ def format_table(table: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_pretrained(
-    path: str,
-    *,
-    dataset: str,
-    train_split: str = "train",
-    test_split: str = "test",
-    data_dir: str | None = None,
-    idx_dir: str = input_pipeline.DEFAULT_IDX_DIR,
-    out_file: str | None = None,
-    step: int | None = None,
-    **options: Any,
-) -> dict[str, dict[str, float]]:
-    """``baseline_table`` with the ``byol`` row from a pretraining workdir or export directory.
+def flatten(table: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{"byol": {"linear_top1": x}}`` -> ``{"byol/linear_top1": x}`` (metric names)."""
+    return {f"{row}/{col}": float(v) for row, cells in table.items() for col, v in cells.items()}
 
-    ``options``: keywords of ``baseline_table`` (``linear``, ``knn_k``, ``run_knn``, ...).
-    Writes the table as JSON to ``out_file`` when given.
-    """
-    inputs = export.read_for_evaluation(
-        path, dataset=dataset, train_split=train_split, test_split=test_split,
-        data_dir=data_dir, idx_dir=idx_dir, step=step,
-    )  # fmt: skip
-    spec = inputs.spec
-    table = baseline_table(
-        inputs.encoder,
-        inputs.train,
-        inputs.test,
-        num_classes=inputs.num_classes,
-        view=spec.view,
-        pretrained_variables=inputs.variables,
-        **options,
-    )
-    if out_file:
-        with open(out_file, "w") as f:
-            json.dump(table, f, indent=2)
+
+def unflatten(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """The inverse of ``flatten``."""
+    table: dict[str, dict[str, float]] = {}
+    for name, value in metrics.items():
+        row, column = name.split("/", 1)
+        table.setdefault(row, {})[column] = value
     return table
+
+
+class BaselinesEvaluator:
+    """The table: the evaluated encoder, the same architecture at random init, and raw pixels."""
+
+    def __init__(
+        self,
+        train: features.LabeledImages,
+        test: features.LabeledImages,
+        *,
+        num_classes: int,
+        view: features.View,
+        l2_grid: Sequence[float] = logistic.DEFAULT_L2_GRID,
+        holdout_fraction: float = 0.1,
+        knn_ks: Sequence[int] = (20, 200),
+        knn_temperature: float = knn.DEFAULT_TEMPERATURE,
+        calibrate_bn: bool = True,
+        seed: int = 0,
+    ):
+        if not l2_grid or min(l2_grid) <= 0:
+            raise ValueError(f"l2_grid must hold positive L2 strengths, got {tuple(l2_grid)}")
+        if not 0 < holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        if not knn_ks or min(knn_ks) < 1:
+            raise ValueError(f"knn_ks must hold positive integers, got {tuple(knn_ks)}")
+        self.train, self.test, self.view = train, test, view
+        self.num_classes, self.calibrate_bn, self.seed = num_classes, calibrate_bn, seed
+        self.options = dict(
+            l2_grid=tuple(float(v) for v in l2_grid),
+            holdout_fraction=float(holdout_fraction),
+            knn_ks=tuple(int(k) for k in knn_ks),
+            knn_temperature=float(knn_temperature),
+        )
+
+    @classmethod
+    def from_options(
+        cls, data: EvalData, *, train_split: str = "", test_split: str = "", **options: Any
+    ) -> BaselinesEvaluator:
+        train_split, test_split = data.split_names(train_split, test_split)
+        return cls(
+            data.load_split(train_split),
+            data.load_split(test_split),
+            num_classes=data.num_classes,
+            view=data.view,
+            seed=data.seed,
+            **options,
+        )
+
+    def run(
+        self, encoder: nn.Module, variables: Mapping[str, Any], *, replicated: bool = False
+    ) -> dict[str, float]:
+        table = baseline_table(
+            encoder,
+            self.train,
+            self.test,
+            num_classes=self.num_classes,
+            view=self.view,
+            pretrained_variables=variables,
+            pretrained_replicated=replicated,
+            calibrate_bn=self.calibrate_bn,
+            seed=self.seed,
+            **self.options,
+        )
+        return flatten(table)
+
+    def describe(self, metrics: Mapping[str, float]) -> str:
+        return (
+            f"{format_table(unflatten(metrics))}\n(table: {len(self.train.labels)} train / "
+            f"{len(self.test.labels)} test images)"
+        )

@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from evaluator_helpers import in_memory_data
 
-from byol_jax import knn, linear_eval
+from byol_jax import features, parallel
+from byol_jax.evaluators import knn, registry
 
 
 def _brute_force_scores(train, labels, queries, *, num_classes, k, temperature):
@@ -51,32 +53,24 @@ def test_accuracy_matches_brute_force_and_skips_unlabelled():
     assert result["top1"] > 0.8 and result["top5"] == 1.0
 
 
-def test_knn_evaluation_encodes_images():
+def test_knn_evaluator_embeds_its_splits_and_votes():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 3, 96).astype(np.int32)
     colour = np.eye(3)[labels][:, None, None, :] * 200
     images = (colour + rng.integers(0, 40, (96, 6, 6, 3))).astype(np.uint8)
-    data = linear_eval.LabeledImages(images, labels)
-    mean, std = (0.5,) * 3, (0.25,) * 3
-    result = knn.knn_evaluation(
-        linear_eval.PixelEncoder(),
-        {},
-        data,
-        data,
-        num_classes=3,
-        image_size=6,
-        mean=mean,
-        std=std,
-        k=5,
+    data = features.LabeledImages(images, labels)
+    splits = {"train[:96]": data, "test": features.LabeledImages(images[:40], labels[:40])}
+    eval_data = in_memory_data(splits, size=6, classes=3)
+    entry = dict(type="knn", every_steps=5, train_split="train[:96]", k=5, temperature=0.1)
+    scheduled = registry.build("knn", entry, eval_data)
+    assert [s for s in range(1, 13) if scheduled.due(s, 12)] == [5, 10, 12]
+    encoder = features.PixelEncoder()
+    metrics = scheduled.run(encoder, {})
+    embedded = features.embed_images(encoder, {}, images, eval_data.view)
+    expected = knn.knn_accuracy(
+        embedded, labels, embedded[:40], labels[:40], num_classes=3, k=5, temperature=0.1
     )
-    features = linear_eval.encode_images(
-        linear_eval.PixelEncoder(),
-        {},
-        images,
-        image_size=6,
-        crop_fraction=1.0,
-        mean=mean,
-        std=std,
-    )
-    expected = knn.knn_accuracy(features, labels, features, labels, num_classes=3, k=5)
-    assert result == expected and result["top1"] == 1.0
+    assert metrics == {"knn_accuracy": expected["top1"], "knn_top5": expected["top5"]}
+    assert metrics["knn_accuracy"] == 1.0
+    # Replicated variables (as the training state holds them) give the same numbers.
+    assert scheduled.run(encoder, parallel.replicate({}), replicated=True) == metrics

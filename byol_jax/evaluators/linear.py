@@ -35,9 +35,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -48,8 +47,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from byol_jax import augment, features, input_pipeline, parallel
-from byol_jax.features import LabeledImages, PixelEncoder, device_multiple, load_split  # noqa: F401
+from byol_jax import augment, features, parallel
+from byol_jax.evaluators.base import EvalData
+from byol_jax.features import LabeledImages
 
 PAPER_LR_SWEEP: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1, 0.05)
 MOMENTUM = 0.9
@@ -98,21 +98,6 @@ def _unshard(x: jax.Array) -> np.ndarray:
 
 
 # ---- feature extraction --------------------------------------------------------------------
-
-
-def encode_batches(
-    encoder: nn.Module,
-    variables: Mapping[str, Any],
-    batches: Iterable[Mapping[str, np.ndarray]],
-    *,
-    image_size: int,
-    crop_fraction: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """``features.embed_batches`` with the view given by its parts."""
-    view = features.View(int(image_size), float(crop_fraction), tuple(mean), tuple(std))
-    return features.embed_batches(encoder, variables, batches, view)
 
 
 def encode_images(
@@ -415,7 +400,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Shared driver of ``linear_evaluation`` and ``linear_evaluation_on_features``."""
     batch = _effective_batch(batch_size, len(train_inputs))
-    eval_batch = device_multiple(eval_batch_size)
+    eval_batch = features.device_multiple(eval_batch_size)
     fit = functools.partial(
         _fit,
         spec,
@@ -661,54 +646,74 @@ def linear_evaluation_on_features(
     )
 
 
-def evaluate_pretrained(
-    path: str,
-    *,
-    dataset: str,
-    train_split: str = "train",
-    test_split: str = "test",
-    data_dir: str | None = None,
-    idx_dir: str = input_pipeline.DEFAULT_IDX_DIR,
-    out_file: str | None = None,
-    step: int | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """``linear_evaluation`` of the encoder in a pretraining workdir or export directory.
+class LinearEvaluator:
+    """``linear_evaluation`` as an evaluator: the paper's protocol on a frozen encoder, or with
+    ``augment=False`` the features-once variant (same classifier and schedule).
 
-    Loads both splits at the pretraining source size, evaluates with ``options`` (any keyword of
-    ``linear_evaluation``) and, when ``out_file`` is given, writes the result there as JSON.
-    The number of classes is taken from the train split.
+    Every process holds both splits and trains the same classifier over its local devices.
+    ``fine_tune`` and ``label_fraction`` are the semi-supervised settings (see ``fine_tune``).
     """
-    from byol_jax import export  # export imports this module: import lazily
 
-    inputs = export.read_for_evaluation(
-        path, dataset=dataset, train_split=train_split, test_split=test_split,
-        data_dir=data_dir, idx_dir=idx_dir, step=step,
-    )  # fmt: skip
-    spec = inputs.spec
-    result = linear_evaluation(
-        inputs.encoder,
-        inputs.variables,
-        inputs.train,
-        inputs.test,
-        num_classes=inputs.num_classes,
-        image_size=spec.image_size,
-        crop_fraction=spec.crop_fraction,
-        mean=spec.mean,
-        std=spec.std,
-        **options,
-    )
-    result["settings"].update(
-        encoder=spec.encoder,
-        pretraining_step=spec.step,
-        dataset=dataset,
-        train_split=train_split,
-        test_split=test_split,
-    )
-    if out_file:
-        serializable = {
+    def __init__(
+        self,
+        train: LabeledImages,
+        test: LabeledImages,
+        *,
+        num_classes: int,
+        view: features.View,
+        seed: int = 0,
+        **options: Any,
+    ):
+        self.train, self.test, self.view = train, test, view
+        self.num_classes, self.seed = num_classes, seed
+        if options.get("lr_sweep") is not None:
+            options["lr_sweep"] = tuple(options["lr_sweep"]) or None
+        self.options = options
+        self.last_result: dict[str, Any] = {}  # the full result of the latest run (settings...)
+
+    @classmethod
+    def from_options(
+        cls, data: EvalData, *, train_split: str = "", test_split: str = "", **options: Any
+    ) -> LinearEvaluator:
+        train_split, test_split = data.split_names(train_split, test_split)
+        return cls(
+            data.load_split(train_split),
+            data.load_split(test_split),
+            num_classes=data.num_classes,
+            view=data.view,
+            seed=data.seed,
+            **options,
+        )
+
+    def run(
+        self, encoder: nn.Module, variables: Mapping[str, Any], *, replicated: bool = False
+    ) -> dict[str, float]:
+        if replicated:  # the classifier code replicates host variables itself
+            variables = parallel.fetch(dict(variables))
+        result = linear_evaluation(
+            encoder,
+            variables,
+            self.train,
+            self.test,
+            num_classes=self.num_classes,
+            image_size=self.view.image_size,
+            crop_fraction=self.view.crop_fraction,
+            mean=self.view.mean,
+            std=self.view.std,
+            seed=self.seed,
+            **self.options,
+        )
+        self.last_result = {
             k: v for k, v in result.items() if k not in ("head_params", "encoder_variables")
         }
-        with open(out_file, "w") as f:
-            json.dump(serializable, f, indent=2)
-    return result
+        metrics = {"top1": float(result["top1"]), "top5": float(result["top5"])}
+        if "sweep_holdout_top1" in result:
+            metrics["base_lr"] = float(result["settings"]["base_lr"])
+        return metrics
+
+    def describe(self, metrics: Mapping[str, float]) -> str:
+        mode = "fine-tuned" if self.options.get("fine_tune") else "linear"
+        return (
+            f"{mode} evaluation ({len(self.train.labels)} train / {len(self.test.labels)} test "
+            f"images): top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%"
+        )

@@ -1,0 +1,99 @@
+"""The baselines table (BYOL vs random init vs raw pixels) on tiny data (8 fake devices)."""
+
+import jax
+import numpy as np
+import pytest
+from evaluator_helpers import MEAN, STD, coloured_images, in_memory_data, tiny_encoder
+
+from byol_jax import features, parallel
+from byol_jax.evaluators import baselines, logistic, registry
+
+
+@pytest.fixture(scope="module", name="tiny_encoder")
+def tiny_encoder_fixture():
+    return tiny_encoder(8)
+
+
+def test_bn_calibration_recovers_batch_moments(tiny_encoder):
+    encoder, variables = tiny_encoder
+    images = coloured_images(64, np.random.default_rng(4), size=8).images
+    calibrated = baselines.random_encoder_variables(
+        encoder,
+        image_size=8,
+        seed=0,
+        calibration_images=images,
+        calibration_batches=1,
+        batch_size=64,
+        mean=MEAN,
+        std=STD,
+    )
+
+    # Reference: one ordinary training-mode update from the initial statistics.
+    def update(v, x):
+        views = features.eval_views(x, features.View(8, 1.0, MEAN, STD))
+        return encoder.apply(v, views, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+
+    update = parallel.map_function(update)
+    order = np.random.default_rng(0).permutation(64)
+    moved = parallel.fetch(
+        update(parallel.replicate(variables), parallel.shard_batch(images[order]))
+    )
+    expected = jax.tree.map(
+        lambda new, old: (new - 0.9 * old) / 0.1, moved, variables["batch_stats"]
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        calibrated["batch_stats"],
+        expected,
+    )
+
+
+def test_baseline_table_rows(tiny_encoder):
+    encoder, variables = tiny_encoder
+    rng = np.random.default_rng(5)
+    train, test = coloured_images(128, rng, size=8), coloured_images(64, rng, size=8)
+    view = features.View(8, 1.0, MEAN, STD)
+    table = baselines.baseline_table(
+        encoder,
+        train,
+        test,
+        num_classes=4,
+        view=view,
+        pretrained_variables=variables,
+        knn_ks=(5, 10),
+        l2_grid=(1e-2, 1e-3),
+        calibrate_bn=False,  # calibration has its own test
+    )
+    assert list(table) == ["byol", "random_init", "raw_pixels"]
+    for row in table.values():
+        assert set(row) == {"linear_top1", "l2", "converged", "dim", "knn5_top1", "knn10_top1"}
+        assert row["l2"] in (1e-2, 1e-3) and row["converged"] == 1.0
+        assert all(0.0 <= row[c] <= 1.0 for c in row if c.endswith("top1"))
+    # Colour classes are trivial in pixel space; raw pixels keep all 3 (distinct) channels.
+    assert table["raw_pixels"]["knn10_top1"] > 0.9 and table["raw_pixels"]["dim"] == 8 * 8 * 3
+    # The BYOL row is exactly the logistic regression on the embedded features.
+    embed = lambda images: features.embed_images(encoder, variables, images, view)
+    direct = logistic.select_and_fit(
+        embed(train.images), train.labels, embed(test.images), test.labels,
+        num_classes=4, l2_grid=(1e-2, 1e-3),
+    )  # fmt: skip
+    assert table["byol"]["linear_top1"] == direct["top1"] and table["byol"]["l2"] == direct["l2"]
+    text = baselines.format_table(table)
+    assert "random_init" in text and "%" in text and "L2" in text
+
+
+def test_baselines_evaluator_runs_the_table_on_replicated_variables(tiny_encoder):
+    encoder, variables = tiny_encoder
+    rng = np.random.default_rng(8)
+    splits = {"train": coloured_images(96, rng, size=8), "test": coloured_images(32, rng, size=8)}
+    entry = dict(type="baselines", at_end=True, knn_ks=(5,), l2_grid=(1e-2,), calibrate_bn=False)
+    scheduled = registry.build("table", entry, in_memory_data(splits, size=8))
+    assert scheduled.at_end and not scheduled.due(10, 10)
+    metrics = scheduled.run(encoder, parallel.replicate(variables), replicated=True)
+    direct = baselines.baseline_table(
+        encoder, splits["train"], splits["test"], num_classes=4,
+        view=features.View(8, 1.0, MEAN, STD), pretrained_variables=variables,
+        knn_ks=(5,), l2_grid=(1e-2,), calibrate_bn=False,
+    )  # fmt: skip
+    assert baselines.unflatten({k[len("table_") :]: v for k, v in metrics.items()}) == direct
+    assert "raw_pixels" in scheduled.describe(metrics)
