@@ -110,15 +110,17 @@ def test_every_plan_computes_the_same_outputs_and_gradients():
     (_, out_m), g_m = jax.value_and_grad(loss, has_aux=True)(
         variables["params"], encoders["matmul"]
     )
+
     # Training-mode BatchNorm over a tiny batch amplifies float reordering between the two
-    # convolution algorithms (seen: 1.7e-4 on one of 256 outputs on an Intel Xeon); a wrong
-    # implementation would be off by O(1).
-    np.testing.assert_allclose(out_m, out_n, rtol=1e-3, atol=1e-3)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * np.abs(b).max()),
-        g_m,
-        g_n,
-    )
+    # convolution algorithms in low-variance channels (seen on an Intel Xeon: one output off by
+    # 1.7e-4, one gradient entry by 0.4%), so compare whole arrays by relative error norm; a
+    # wrong implementation is off by O(1).
+    def relative_error(a, b):
+        return float(np.linalg.norm(np.asarray(a) - b) / max(np.linalg.norm(b), 1e-12))
+
+    assert relative_error(out_m, out_n) < 1e-4
+    errors = jax.tree.leaves(jax.tree.map(relative_error, g_m, g_n))
+    assert max(errors) < 1e-3, errors
 
 
 def test_worker_times_every_convolution_of_the_encoder():
