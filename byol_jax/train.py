@@ -436,8 +436,12 @@ def train_and_evaluate(
     host_state, restored_step = checkpoint.restore_latest(
         manager, initial_state(experiment, config.seed), workdir=workdir if is_chief else None
     )
+    evals = build_evaluators(config, eval_data(config, num_classes=info.num_classes))
+    periodic = [e for e in evals if e.every_steps > 0]
+    encoder = experiment.online_net.encoder
     start_step = int(restored_step or 0)
     if is_chief:
+        print(_run_summary(config, experiment, info, evals), flush=True)
         if restored_step is None:
             print(f"starting a new run of {experiment.total_steps} steps in {workdir}", flush=True)
         else:
@@ -450,9 +454,6 @@ def train_and_evaluate(
     p_train_step = parallel.map_step(experiment.step_fn)
     writer = metrics_io.MetricsWriter(workdir, enabled=is_chief, resume_step=restored_step)
 
-    evals = build_evaluators(config, eval_data(config, num_classes=info.num_classes))
-    periodic = [e for e in evals if e.every_steps > 0]
-    encoder = experiment.online_net.encoder
     steps = experiment.total_steps
     last_log_time, last_log_step = time.time(), start_step
     last_saved = restored_step
@@ -676,6 +677,27 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, kind: str)
                 workdir, scheduled, metrics, pretraining_step=spec.step
             )
     return results
+
+
+def _run_summary(
+    config: ml_collections.ConfigDict,
+    experiment: Experiment,
+    info: input_pipeline.DatasetInfo,
+    evals: list[registry.Scheduled],
+) -> str:
+    """One line that says what this run is: model, data, batch, devices, evaluators."""
+    model, data = config.model, config.data
+    width = f" {model.width}x" if model.width != 1 else ""
+    schedule = ", ".join(
+        f"{e.name} every {e.every_steps} steps" if e.every_steps else f"{e.name} at end"
+        for e in evals
+    )
+    return (
+        f"config: {model.encoder}{width} ({model.dtype}) on {data.dataset} "
+        f"({info.num_examples} images, {data.image_size} px), batch {config.batch_size} over "
+        f"{jax.device_count()} {jax.default_backend()} device(s), {experiment.total_steps} steps; "
+        f"evaluators: {schedule or 'none'}"
+    )
 
 
 def _eval_batch_size(requested: int) -> int:

@@ -79,6 +79,9 @@ def test_baseline_table_rows(tiny_encoder):
     )  # fmt: skip
     assert table["byol"]["linear_top1"] == direct["top1"] and table["byol"]["l2"] == direct["l2"]
     text = baselines.format_table(table)
+    assert "*" not in text  # every row converged
+    table["raw_pixels"]["converged"] = 0.0
+    assert baselines.format_table(table).splitlines()[3].endswith("*")
     assert "random_init" in text and "%" in text and "L2" in text
 
 

@@ -268,3 +268,14 @@ def test_hlo_summary_counts_copies_of_entry_parameters():
     assert summary["entry_parameter_copy_bytes"] == 4 * 4 * 4
     assert summary["entry_transposes"] == 1
     assert summary["all_reduces"] == 1 and summary["all_reduce_bytes"] == 16
+
+
+@needs_libtpu
+def test_tpu_compile_of_the_linear_eval_training_call():
+    # The linear evaluator's mapped training call (frozen encoder, scanned steps) for a TPU.
+    config = smoke.get_config()
+    config.evals.linear.batch_size = 32
+    [report] = preflight.run(config, "tpu:v5e:2x2", step="linear_eval", fast=True)
+    assert report["step"] == "linear_eval" and report["per_chip_batch"] == 8
+    assert report["fits"] is True and report["memory"]["total"] > 0
+    assert report["flops_per_image"] > 0

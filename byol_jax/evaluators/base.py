@@ -48,6 +48,16 @@ class EvalData:
     view: features.View
     seed: int = 0
 
-    def split_names(self, train_split: str, test_split: str) -> tuple[str, str]:
-        """An evaluator's own splits, "" meaning the data's default ones."""
-        return train_split or self.train_split, test_split or self.test_split
+    def splits(
+        self, train_split: str = "", test_split: str = ""
+    ) -> tuple[features.LabeledImages, features.LabeledImages]:
+        """An evaluator's (train, test) splits in memory; "" means the data's default split."""
+        return (
+            self.load_split(train_split or self.train_split),
+            self.load_split(test_split or self.test_split),
+        )
+
+    @property
+    def common(self) -> dict[str, Any]:
+        """What every in-memory evaluator's constructor takes besides its splits."""
+        return {"num_classes": self.num_classes, "view": self.view}

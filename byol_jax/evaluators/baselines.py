@@ -213,9 +213,14 @@ def format_table(table: Mapping[str, Mapping[str, float]]) -> str:
     first = next(iter(table.values()), {})
     accuracy = [c for c in first if c.endswith("top1")]
     lines = [f"{'representation':<16}" + "".join(f"{c:>13}" for c in accuracy) + f"{'L2':>9}"]
+    stopped = []
     for name, row in table.items():
         cells = "".join(f"{100 * row[c]:>12.2f}%" if c in row else f"{'-':>13}" for c in accuracy)
-        lines.append(f"{name:<16}{cells}{row.get('l2', float('nan')):>9.0e}")
+        mark = "*" if row.get("converged", 1.0) == 0.0 else ""
+        stopped += [name] if mark else []
+        lines.append(f"{name:<16}{cells}{row.get('l2', float('nan')):>9.0e}{mark}")
+    if stopped:
+        lines.append("* the solver stopped at its iteration cap before the gradient tolerance")
     return "\n".join(lines)
 
 
@@ -269,15 +274,7 @@ class BaselinesEvaluator:
     def from_options(
         cls, data: EvalData, *, train_split: str = "", test_split: str = "", **options: Any
     ) -> BaselinesEvaluator:
-        train_split, test_split = data.split_names(train_split, test_split)
-        return cls(
-            data.load_split(train_split),
-            data.load_split(test_split),
-            num_classes=data.num_classes,
-            view=data.view,
-            seed=data.seed,
-            **options,
-        )
+        return cls(*data.splits(train_split, test_split), **data.common, seed=data.seed, **options)
 
     def run(
         self, encoder: nn.Module, variables: Mapping[str, Any], *, replicated: bool = False

@@ -164,15 +164,8 @@ class KnnEvaluator:
         k: int = DEFAULT_K,
         temperature: float = DEFAULT_TEMPERATURE,
     ) -> KnnEvaluator:
-        train_split, test_split = data.split_names(train_split, test_split)
-        return cls(
-            data.load_split(train_split),
-            data.load_split(test_split),
-            num_classes=data.num_classes,
-            view=data.view,
-            k=k,
-            temperature=temperature,
-        )
+        train, test = data.splits(train_split, test_split)
+        return cls(train, test, **data.common, k=k, temperature=temperature)
 
     def run(
         self, encoder: nn.Module, variables: Mapping[str, Any], *, replicated: bool = False

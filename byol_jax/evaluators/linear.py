@@ -675,15 +675,7 @@ class LinearEvaluator:
     def from_options(
         cls, data: EvalData, *, train_split: str = "", test_split: str = "", **options: Any
     ) -> LinearEvaluator:
-        train_split, test_split = data.split_names(train_split, test_split)
-        return cls(
-            data.load_split(train_split),
-            data.load_split(test_split),
-            num_classes=data.num_classes,
-            view=data.view,
-            seed=data.seed,
-            **options,
-        )
+        return cls(*data.splits(train_split, test_split), **data.common, seed=data.seed, **options)
 
     def run(
         self, encoder: nn.Module, variables: Mapping[str, Any], *, replicated: bool = False

@@ -35,9 +35,10 @@ def main() -> None:
                     points.setdefault(key, []).append(r)
     print(
         "| model | target | chips | per-chip batch | memory per chip, GiB (temp) | usable "
-        "| fits | largest per-chip batch | GFLOP/image XLA | hand count | compile s |"
+        "| fits | largest per-chip batch (compiled) | linear fit | GFLOP/image XLA | hand count "
+        "| compile s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["memory"]
         key = (r["target"], r["encoder"], r["width"], r["dtype"])
@@ -48,15 +49,24 @@ def main() -> None:
         hand = r.get("flop_count_per_image")
         largest = best.get(key, "")
         fitted = sorted(points[key], key=lambda p: p["per_chip_batch"])
-        if largest == "" and len(fitted) >= 2:  # no search run: the line through two compiles
+        fits = [p for p in fitted if p["fits"]]
+        linear = ""
+        if len(fitted) >= 2:  # the line through the two smallest compiles (no rematerialization)
             (b1, m1), (b2, m2) = [(p["per_chip_batch"], p["memory"]["total"]) for p in fitted[:2]]
             slope = (m2 - m1) / (b2 - b1)
-            largest = f"≈{int(b1 + (r['usable_memory'] - m1) / slope) // 8 * 8} (linear fit)"
+            linear = f"≈{int(b1 + (r['usable_memory'] - m1) / slope) // 8 * 8}"
+        if largest == "" and len(fitted) > 2 and fits:  # a search that was cut short
+            largest = f"≥{fits[-1]['per_chip_batch']} (search cut short)"
+        if fits and flops and fits[-1].get("flops_per_image"):
+            # The TPU compiler fits large batches by rematerializing: more FLOPs per image.
+            extra = fits[-1]["flops_per_image"] / flops - 1
+            if extra > 0.02:
+                largest = f"{largest} (remat: +{100 * extra:.1f}% FLOPs)"
         print(
             f"| {_model(r)} | {r['target']} | {r['chips']} | {r['per_chip_batch']} "
             f"| {m['total'] / GIB:.2f} ({m['temporaries'] / GIB:.2f}) "
             f"| {r['usable_memory'] / GIB:.0f} | {'yes' if r['fits'] else 'no'} "
-            f"| {largest} | {xla} | {'' if hand is None else f'{hand / 1e9:.1f}'} "
+            f"| {largest} | {linear} | {xla} | {'' if hand is None else f'{hand / 1e9:.1f}'} "
             f"| {r['compile_s']:.0f} |"
         )
 
