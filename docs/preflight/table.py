@@ -55,6 +55,11 @@ def main() -> None:
             (b1, m1), (b2, m2) = [(p["per_chip_batch"], p["memory"]["total"]) for p in fitted[:2]]
             slope = (m2 - m1) / (b2 - b1)
             linear = f"≈{int(b1 + (r['usable_memory'] - m1) / slope) // 8 * 8}"
+        elif fitted[0]["fits"]:  # one compile: temporaries taken as proportional to the batch
+            m = fitted[0]["memory"]
+            per_image = m["temporaries"] / fitted[0]["per_chip_batch"]
+            fixed = m["total"] - m["temporaries"]
+            linear = f"≈{int((r['usable_memory'] - fixed) / per_image) // 8 * 8} (1 compile)"
         if largest == "" and len(fitted) > 2 and fits:  # a search that was cut short
             largest = f"≥{fits[-1]['per_chip_batch']} (search cut short)"
         if fits and flops and fits[-1].get("flops_per_image"):
