@@ -233,10 +233,9 @@ def _evaluate(mode: str, config, workdir: str) -> dict:
     data = config.data
     if mode in EVAL_MODES:
         return train.evaluate_workdir(config, workdir, EVAL_MODES[mode])
+    train.ensure_encoder_spec(config, workdir)  # workdirs of earlier versions
     if mode == "export":
-        train.ensure_encoder_spec(config, workdir)
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
-    train.ensure_encoder_spec(config, workdir)
     split = FLAGS.split or data.eval_split
     out = FLAGS.output or os.path.join(workdir, f"embeddings_{split.replace(':', '_')}.npy")
     export.embed_split(

@@ -625,10 +625,8 @@ def build_evaluators(
         return []
     built = []
     for name, entry in _entries(config).items():
-        wanted = (
-            entry.get("type") == kind if kind else entry.get("every_steps") or entry.get("at_end")
-        )
-        if wanted:
+        scheduled = entry.get("every_steps") or entry.get("at_end")
+        if (entry.get("type") == kind) if kind else scheduled:
             built.append(registry.build(name, entry, data))
     return built
 

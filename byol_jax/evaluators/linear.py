@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -670,6 +671,14 @@ class LinearEvaluator:
             options["lr_sweep"] = tuple(options["lr_sweep"]) or None
         self.options = options
         self.last_result: dict[str, Any] = {}  # the full result of the latest run (settings...)
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """A config entry's options: the splits and ``linear_evaluation``'s settings."""
+        given = {"num_classes", "image_size", "mean", "std", "crop_fraction", "seed"}
+        params = inspect.signature(linear_evaluation).parameters.items()
+        settings = {n for n, p in params if p.kind == p.KEYWORD_ONLY and n not in given}
+        return {"train_split", "test_split"} | settings - {"return_variables"}
 
     @classmethod
     def from_options(

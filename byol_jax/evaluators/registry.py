@@ -18,7 +18,7 @@ from byol_jax.evaluators.base import EvalData, Evaluator, EvaluatorError
 from byol_jax.evaluators.baselines import BaselinesEvaluator
 from byol_jax.evaluators.fine_tune import FineTuneEvaluator
 from byol_jax.evaluators.knn import KnnEvaluator
-from byol_jax.evaluators.linear import LinearEvaluator, linear_evaluation
+from byol_jax.evaluators.linear import LinearEvaluator
 from byol_jax.evaluators.probe import ProbeEvaluator
 
 TYPES: dict[str, type] = {
@@ -57,6 +57,9 @@ class Scheduled:
 
 
 def _options_of(cls: type) -> list[str]:
+    """An entry's allowed options: the class's own list, or its constructor's keywords."""
+    if hasattr(cls, "option_names"):
+        return sorted(cls.option_names())
     params = inspect.signature(cls.from_options).parameters
     named = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY]
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -64,13 +67,6 @@ def _options_of(cls: type) -> list[str]:
             n
             for n, p in inspect.signature(cls.__init__).parameters.items()
             if p.kind == p.KEYWORD_ONLY and n not in ("num_classes", "view", "seed")
-        ]
-    if cls in (LinearEvaluator, FineTuneEvaluator):
-        skip = {"num_classes", "image_size", "mean", "std", "crop_fraction", "seed"}
-        named += [
-            n
-            for n, p in inspect.signature(linear_evaluation).parameters.items()
-            if p.kind == p.KEYWORD_ONLY and n not in skip and n != "return_variables"
         ]
     return sorted(set(named))
 
