@@ -22,11 +22,16 @@ def shared_compilation_cache_for_subprocesses(tmp_path_factory):
     """One persistent XLA cache for every ``launch.py``/bench subprocess of this test session.
 
     Those subprocesses compile the same smoke-config programs again and again (a resumed run, the
-    second process of a pair); reading them back halves a smoke launch. This process already
-    imported JAX, so only the children see these variables.
+    second process of a pair); reading them back halves a smoke launch. pytest-xdist workers
+    (``-n 2``) share it: their temporary folders have one parent. This process already imported
+    JAX, so only the children see these variables.
     """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    (root / "xla_cache").mkdir(exist_ok=True)
     cache = {
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
+        "JAX_COMPILATION_CACHE_DIR": str(root / "xla_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }

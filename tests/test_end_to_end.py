@@ -22,6 +22,7 @@ def _final_state(workdir):
 
 def test_pretrain_from_idx_files_then_resume_reproduces_the_run(tmp_path):
     config = smoke.get_config()  # Fashion-MNIST from Debian's IDX files
+    config.evals.knn.every_steps = 4  # the periodic kNN monitor: at step 4 and the last step
     full = str(tmp_path / "full")
     summary = train.train_and_evaluate(config, full)
     assert summary["step"] == config.num_steps
@@ -34,6 +35,8 @@ def test_pretrain_from_idx_files_then_resume_reproduces_the_run(tmp_path):
     for record in train_records:
         for key in ("loss", "learning_rate", "tau", "images_per_sec", "probe_accuracy"):
             assert np.isfinite(record[key]), (key, record)
+    knn = [(r["step"], r["knn_accuracy"]) for r in records if "knn_accuracy" in r]
+    assert [step for step, _ in knn] == [4, 6] and all(0.0 <= a <= 1.0 for _, a in knn)
     with open(os.path.join(full, "config.json")) as f:
         assert json.load(f)["batch_size"] == 16
     assert os.listdir(os.path.join(full, "tensorboard"))
