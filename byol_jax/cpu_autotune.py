@@ -13,7 +13,8 @@ autotuners, ``plan_for`` times the candidates for the configuration at hand and 
   interleaved, best of a few runs), largest first, until its share of the time budget is spent.
 * The flag set with the smallest total convolution time (summed over every convolution the
   network runs, on shapes all workers measured) wins; non-default flags must win by
-  ``FLAG_MARGIN``. Its per-shape choices become the ``models.ConvPlan``.
+  ``FLAG_MARGIN``. Its per-shape choices become the ``models.ConvPlan``; a shape leaves the
+  untuned rule only when the other implementation is faster by ``CONV_MARGIN``.
 
 Plans are cached as JSON per (CPU model, core count, jax/jaxlib version, network shapes, batch,
 dtype, candidate flags) under ``$XDG_CACHE_HOME/byol_jax/cpu_autotune`` (default
@@ -37,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 # Bump when the measurement changes, so that old cached plans are not reused.
-TUNER_VERSION = 1
+TUNER_VERSION = 2  # 2: per-shape choices leave the untuned rule only by CONV_MARGIN
 DEFAULT_FLAGS = ""
 # YNNPACK runs individual convolutions by default in jaxlib 0.10; this routes them to XLA's
 # other kernels (2.3x faster for setup B on a 2-core AMD EPYC, 20% slower for setup A on Intel).
@@ -49,6 +50,10 @@ DEFAULT_BUDGET_S = 60.0
 # A non-default flag set must be this much faster in total: per-layer sums from separate
 # processes on a loaded machine are noisy, and the default is what everyone else runs.
 FLAG_MARGIN = 0.05
+# Likewise per convolution, against the untuned rule (``models.native_conv_is_faster``): timed
+# one at a time, im2col won a few percent on the 28 px stem of the default config, yet the whole
+# step ran 4% slower with it (2-core Intel Xeon), so small isolated wins are not trusted.
+CONV_MARGIN = 0.10
 _WORKER_MIN_S = 10.0  # a worker spends ~3-8 s importing jax + flax before it times anything
 
 
@@ -267,12 +272,16 @@ def run_worker(spec: TuneSpec, deadline: float, out: TextIO) -> dict[str, Any]:
 
 
 def choose_plan(
-    results: Mapping[str, Mapping[str, Any]], *, margin: float = FLAG_MARGIN
+    results: Mapping[str, Mapping[str, Any]],
+    *,
+    margin: float = FLAG_MARGIN,
+    conv_margin: float = CONV_MARGIN,
 ) -> tuple[str, tuple, dict[str, float], bool]:
     """(flags, conv plan, total ms per flag set, complete) from the workers' per-shape times.
 
     Flag sets are compared on the convolutions every worker measured, each at its best
-    implementation, weighted by how often the network runs it.
+    implementation, weighted by how often the network runs it. Each shape then keeps the
+    untuned rule's implementation unless the other one is faster by ``conv_margin``.
     """
     common = None
     for result in results.values():
@@ -287,8 +296,15 @@ def choose_plan(
         totals[flags] = 1e3 * total
     default = DEFAULT_FLAGS if DEFAULT_FLAGS in totals else None
     flags = fastest(totals, default=default, margin=margin)
-    chosen = results[flags]
-    convs = tuple((tuple(m["key"]), fastest(m["times"])) for m in chosen["measured"])
+    from byol_jax import models
+
+    convs = tuple(
+        (
+            key,
+            fastest(m["times"], default=models.cpu_conv_choice(key), margin=conv_margin),
+        )
+        for key, m in ((tuple(m["key"]), m) for m in results[flags]["measured"])
+    )
     complete = all(len(r["measured"]) == r["num_shapes"] for r in results.values())
     return flags, convs, totals, complete
 

@@ -74,13 +74,28 @@ def test_choose_plan_weights_shapes_and_compares_flags_on_common_shapes():
     flags, convs, totals, complete = cpu_autotune.choose_plan(results)
     assert flags == "--x"
     assert totals == pytest.approx({"": 5.0, "--x": 2.5})
-    assert dict(convs) == {a: "matmul", b: "native", c: "native"}
+    # a and b leave the untuned rule (a 4x, b 3x faster); c is a tie, so it keeps the rule's
+    # choice for maps below 4x4 (im2col).
+    assert dict(convs) == {a: "matmul", b: "native", c: "matmul"}
     assert not complete  # the default-flag worker ran out of time before shape c
     # Within the margin the default flags stay, with their own per-shape choices.
     results["--x"]["measured"][0] = _measured(a, 3, 1e-3, 1e-3)
     results["--x"]["measured"][1] = _measured(b, 1, 1.95e-3, 3e-3)
     flags, convs, _, _ = cpu_autotune.choose_plan(results)
     assert flags == "" and dict(convs) == {a: "native", b: "matmul"}
+
+
+def test_a_shape_leaves_the_untuned_rule_only_by_the_margin():
+    stem = (28, 28, 3, 32, 7, 2, "float32")  # the untuned rule: XLA's convolution
+    assert models.cpu_conv_choice(stem) == "native"
+
+    def plan(native, matmul):
+        result = {"num_shapes": 1, "measured": [_measured(stem, 1, native, matmul)]}
+        return dict(cpu_autotune.choose_plan({"": result}, conv_margin=0.10)[1])[stem]
+
+    assert plan(1.0, 0.95) == "native"  # 5% faster in isolation: not trusted
+    assert plan(1.0, 0.80) == "matmul"  # 20% faster: taken
+    assert plan(0.5, 1.0) == "native"
 
 
 def test_every_plan_computes_the_same_outputs_and_gradients():
