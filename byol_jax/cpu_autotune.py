@@ -298,15 +298,13 @@ def choose_plan(
     flags = fastest(totals, default=default, margin=margin)
     from byol_jax import models
 
-    convs = tuple(
-        (
-            key,
-            fastest(m["times"], default=models.cpu_conv_choice(key), margin=conv_margin),
-        )
-        for key, m in ((tuple(m["key"]), m) for m in results[flags]["measured"])
-    )
+    convs = []
+    for m in results[flags]["measured"]:
+        key = tuple(m["key"])
+        untuned = models.cpu_conv_choice(key)
+        convs.append((key, fastest(m["times"], default=untuned, margin=conv_margin)))
     complete = all(len(r["measured"]) == r["num_shapes"] for r in results.values())
-    return flags, convs, totals, complete
+    return flags, tuple(convs), totals, complete
 
 
 def cpu_model() -> str:

@@ -29,9 +29,10 @@ def shared_compilation_cache_for_subprocesses(tmp_path_factory):
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent
-    (root / "xla_cache").mkdir(exist_ok=True)
+    cache_dir = root / "xla_cache"
+    cache_dir.mkdir(exist_ok=True)
     cache = {
-        "JAX_COMPILATION_CACHE_DIR": str(root / "xla_cache"),
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
