@@ -41,7 +41,8 @@ from typing import Any, TextIO
 TUNER_VERSION = 2  # 2: per-shape choices leave the untuned rule only by CONV_MARGIN
 DEFAULT_FLAGS = ""
 # YNNPACK runs individual convolutions by default in jaxlib 0.10; this routes them to XLA's
-# other kernels (2.3x faster for setup B on a 2-core AMD EPYC, 20% slower for setup A on Intel).
+# other kernels (2.3x faster for setup B on a 2-core AMD EPYC; setup A 20% slower with it on a
+# Sapphire Rapids, 4% faster on another 2-core Intel Xeon).
 FLAG_CANDIDATES: tuple[str, ...] = (
     DEFAULT_FLAGS,
     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
