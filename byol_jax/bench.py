@@ -42,6 +42,7 @@ and EMA schedules, which do not change the step's cost.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -241,6 +242,55 @@ def plan_report(
     return report
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchStep:
+    """The benchmarked step, compiled, with the replicated state and batch it runs on."""
+
+    experiment: train.Experiment
+    state: Any
+    batch: dict[str, jax.Array]
+    num_classes: int
+    num_examples: int
+    source_size: int  # the train step's input size
+    lowered: Any
+    compiled: Callable
+    compile_s: float
+
+
+def build_step(
+    config: ml_collections.ConfigDict, plan: cpu_autotune.Plan | None = None
+) -> BenchStep:
+    """Build, replicate and compile ``config``'s train step on a synthetic batch.
+
+    ``plan``'s convolution choices are used; its XLA flags must already be in effect.
+    """
+    num_classes = int(_bench_setting(config, "num_classes", DEFAULT_NUM_CLASSES))
+    num_examples = int(_bench_setting(config, "num_train_examples", DEFAULT_NUM_TRAIN_EXAMPLES))
+    experiment = train.build_experiment(
+        config,
+        num_classes=num_classes,
+        num_train_examples=num_examples,
+        conv_plan=plan.convs if plan is not None else (),
+    )
+    state = parallel.replicate(train.initial_state(experiment, config.seed))
+    source_size, with_valid = train.train_source_shape(config)
+    batch = synthetic_batch(config.batch_size, source_size, num_classes, config.seed, with_valid)
+    start = time.perf_counter()
+    lowered = parallel.map_step(experiment.step_fn).lower(state, batch)
+    compiled = lowered.compile()
+    return BenchStep(
+        experiment,
+        state,
+        batch,
+        num_classes,
+        num_examples,
+        source_size,
+        lowered,
+        compiled,
+        time.perf_counter() - start,
+    )
+
+
 def run(
     config: ml_collections.ConfigDict,
     *,
@@ -261,22 +311,10 @@ def run(
     devices = jax.device_count()
     if config.batch_size % devices:
         raise ValueError(f"batch_size {config.batch_size} does not split over {devices} devices")
-    num_classes = int(_bench_setting(config, "num_classes", DEFAULT_NUM_CLASSES))
-    num_examples = int(_bench_setting(config, "num_train_examples", DEFAULT_NUM_TRAIN_EXAMPLES))
-    experiment = train.build_experiment(
-        config,
-        num_classes=num_classes,
-        num_train_examples=num_examples,
-        conv_plan=plan.convs if plan is not None else (),
-    )
-    state = parallel.replicate(train.initial_state(experiment, config.seed))
-    source_size, with_valid = train.train_source_shape(config)
-    batch = synthetic_batch(config.batch_size, source_size, num_classes, config.seed, with_valid)
-
-    start = time.perf_counter()
-    lowered = parallel.map_step(experiment.step_fn).lower(state, batch)
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
+    step = build_step(config, plan)
+    experiment, state, batch = step.experiment, step.state, step.batch
+    num_classes, num_examples = step.num_classes, step.num_examples
+    lowered, compiled, compile_s = step.lowered, step.compiled, step.compile_s
     device_flops = _cost_flops(compiled)
     model_flops = _model_flops(config, lowered, state, batch, num_classes, num_examples)
 
@@ -333,7 +371,7 @@ def run(
         "stem": config.model.stem,
         "batch_size": config.batch_size,
         "image_size": config.data.image_size,
-        "source_size": source_size,  # the train step's input size
+        "source_size": step.source_size,  # the train step's input size
         "repeats": repeats,
         "steps_per_repeat": steps_per_repeat,
         "plan": plan_report(

@@ -77,7 +77,7 @@ def _op_times(trace_dir: str, steps: int) -> collections.Counter:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from byol_jax import bench, cpu_autotune, parallel, train
+    from byol_jax import bench, cpu_autotune
 
     config = _CONFIG.value
     plan = None
@@ -90,17 +90,8 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    num_classes = int(config.bench.num_classes)
-    experiment = train.build_experiment(
-        config,
-        num_classes=num_classes,
-        num_train_examples=int(config.bench.num_train_examples),
-        conv_plan=plan.convs if plan is not None else (),
-    )
-    state = parallel.replicate(train.initial_state(experiment, config.seed))
-    source_size, with_valid = train.train_source_shape(config)
-    batch = bench.synthetic_batch(config.batch_size, source_size, num_classes, 0, with_valid)
-    compiled = parallel.map_step(experiment.step_fn).lower(state, batch).compile()
+    step = bench.build_step(config, plan)
+    compiled, state, batch = step.compiled, step.state, step.batch
     op_names = {}
     for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = ([^\n]*)", compiled.as_text(), re.M):
         found = re.search(r'op_name="([^"]*)"', match.group(2))
