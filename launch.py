@@ -162,6 +162,7 @@ def main(argv: list[str]) -> None:
         )
     except validation.ConfigError as error:
         _fail(str(error))
+    _enable_compilation_cache(config, workdir)
     # Imported after validation: they pull in TensorFlow (seconds) that a typo should not wait on.
     from byol_jax import checkpoint, export, train
 
@@ -198,6 +199,23 @@ def main(argv: list[str]) -> None:
         print(f"done: {summary}")
 
 
+def _enable_compilation_cache(config, workdir: str) -> None:
+    """JAX's persistent compilation cache, so a restarted job does not compile again.
+
+    In ``config.compilation_cache_dir`` or ``WORKDIR/compilation_cache`` (a ``gs://`` workdir
+    keeps it across preempted VMs). A cache folder set through ``JAX_COMPILATION_CACHE_DIR``
+    wins; ``--config.compilation_cache=False`` turns it off.
+    """
+    import jax
+
+    from byol_jax import storage
+
+    if not config.compilation_cache or jax.config.jax_compilation_cache_dir:
+        return
+    folder = config.compilation_cache_dir or storage.path(workdir) / "compilation_cache"
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+
+
 def _cpu_autotune(config) -> tuple:
     """Measured (or cached) CPU plan for ``config``: applies its XLA flags, returns conv choices.
 
@@ -228,7 +246,7 @@ def _cpu_autotune(config) -> tuple:
 
 def _evaluate(mode: str, config, workdir: str) -> dict:
     """The non-training modes; all read the newest checkpoint in ``workdir``."""
-    from byol_jax import export, train
+    from byol_jax import export, storage, train
 
     data = config.data
     if mode in EVAL_MODES:
@@ -237,7 +255,7 @@ def _evaluate(mode: str, config, workdir: str) -> dict:
     if mode == "export":
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
     split = FLAGS.split or data.eval_split
-    out = FLAGS.output or os.path.join(workdir, f"embeddings_{split.replace(':', '_')}.npy")
+    out = FLAGS.output or str(storage.path(workdir) / f"embeddings_{split.replace(':', '_')}.npy")
     export.embed_split(
         workdir, data.dataset, split, out, data_dir=data.data_dir, idx_dir=data.idx_dir
     )

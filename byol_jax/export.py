@@ -18,8 +18,8 @@ target network).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +28,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
-from byol_jax import checkpoint, features, input_pipeline
+from byol_jax import checkpoint, features, input_pipeline, storage
 from byol_jax.features import EncoderSpec, encoder_variables  # noqa: F401  (public here too)
 
 ENCODER_FILE = "encoder.msgpack"
@@ -41,14 +42,16 @@ class ExportError(features.SpecError):
     """A path holds neither a pretraining workdir with checkpoints nor an exported encoder."""
 
 
-def restore_encoder_variables(workdir: str, step: int | None = None) -> tuple[dict, int]:
+def restore_encoder_variables(
+    workdir: storage.PathLike, step: int | None = None
+) -> tuple[dict, int]:
     """Online encoder variables (NumPy) of checkpoint ``step`` in ``workdir``.
 
     Without ``step``: the newest checkpoint that can be read (a damaged newer one is skipped
     with a warning, as when training resumes).
     """
     directory = checkpoint.checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
+    if not directory.is_dir():
         raise ExportError(f"{workdir} has no checkpoints directory ({directory})")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     # The PyTree handler reads StandardSave checkpoints and can restore a subtree only.
@@ -81,21 +84,18 @@ def _restore_encoder_subtree(manager: ocp.CheckpointManager, step: int) -> dict[
     )
 
 
-def _read_spec_file(directory: str) -> EncoderSpec:
-    with open(os.path.join(directory, SPEC_FILE)) as f:
-        return EncoderSpec.from_json(json.load(f))
+def _read_spec_file(directory: storage.PathLike) -> EncoderSpec:
+    return EncoderSpec.from_json(json.loads(storage.read_text(storage.path(directory) / SPEC_FILE)))
 
 
-def _resolve(path: str) -> tuple[str, str]:
-    """(kind, directory) of ``path``: kind is "export" or "workdir"."""
-    path = os.fspath(path)
-    if os.path.isfile(path) and os.path.basename(path) in (ENCODER_FILE, SPEC_FILE):
-        path = os.path.dirname(path) or "."
-    if os.path.isfile(os.path.join(path, ENCODER_FILE)):
+def _resolve(location: storage.PathLike) -> tuple[str, epath.Path]:
+    """(kind, directory) of ``location`` (local or ``gs://``): kind is "export" or "workdir"."""
+    path = storage.path(location)
+    if path.name in (ENCODER_FILE, SPEC_FILE) and path.is_file():
+        path = path.parent
+    if (path / ENCODER_FILE).is_file():
         return "export", path
-    if os.path.isdir(checkpoint.checkpoint_dir(path)) or os.path.isfile(
-        os.path.join(path, "config.json")
-    ):
+    if checkpoint.checkpoint_dir(path).is_dir() or (path / "config.json").is_file():
         return "workdir", path
     raise ExportError(
         f"{path} is neither an exported encoder ({SPEC_FILE} + {ENCODER_FILE}) nor a "
@@ -104,7 +104,7 @@ def _resolve(path: str) -> tuple[str, str]:
 
 
 def read_encoder(
-    path: str, *, step: int | None = None, conv_impl: str = "auto"
+    path: storage.PathLike, *, step: int | None = None, conv_impl: str = "auto"
 ) -> tuple[Any, dict[str, Any], EncoderSpec]:
     """(encoder module, ``{"params", "batch_stats"}``, spec) from a workdir or an export.
 
@@ -112,36 +112,32 @@ def read_encoder(
     describe the encoder in ``encoder.json`` (pretraining writes it into the workdir).
     """
     kind, directory = _resolve(path)
-    if not os.path.isfile(os.path.join(directory, SPEC_FILE)):
+    if not (directory / SPEC_FILE).is_file():
         raise ExportError(
             f"{directory} has no {SPEC_FILE} (workdirs of earlier versions): run launch.py "
             "--mode=export (or any evaluation mode) with the run's --config once to write it"
         )
     spec = _read_spec_file(directory)
     if kind == "export":
-        with open(os.path.join(directory, ENCODER_FILE), "rb") as f:
-            variables = flax.serialization.msgpack_restore(f.read())
+        variables = flax.serialization.msgpack_restore(storage.read_bytes(directory / ENCODER_FILE))
     else:
         variables, restored_step = restore_encoder_variables(directory, step)
         spec = dataclasses.replace(spec, step=restored_step)
     return spec.build(conv_impl), dict(variables), spec
 
 
-def export_encoder(workdir: str, out_dir: str, *, step: int | None = None) -> str:
-    """Write ``out_dir/encoder.msgpack`` and ``out_dir/encoder.json``; returns ``out_dir``."""
+def export_encoder(
+    workdir: storage.PathLike, out_dir: storage.PathLike, *, step: int | None = None
+) -> str:
+    """Write ``out_dir/encoder.msgpack`` and ``out_dir/encoder.json`` (local or ``gs://``);
+    returns ``out_dir``."""
     _, variables, spec = read_encoder(workdir, step=step)
-    os.makedirs(out_dir, exist_ok=True)
+    folder = storage.makedirs(out_dir)
     payload = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))
-    # Write-then-rename so a reader never sees a half-written file.
-    for name, content, mode in (
-        (ENCODER_FILE, payload, "wb"),
-        (SPEC_FILE, json.dumps(spec.to_json(), indent=2) + "\n", "w"),
-    ):
-        target = os.path.join(out_dir, name)
-        with open(target + ".tmp", mode) as f:
-            f.write(content)
-        os.replace(target + ".tmp", target)
-    return out_dir
+    # Each file is written whole (aside and renamed on local disk): never half-written.
+    storage.write_bytes(folder / ENCODER_FILE, payload)
+    storage.write_text(folder / SPEC_FILE, json.dumps(spec.to_json(), indent=2) + "\n")
+    return str(folder)
 
 
 def _as_image_batch(images: Any) -> np.ndarray:
@@ -164,7 +160,11 @@ def _as_image_batch(images: Any) -> np.ndarray:
 
 
 def load_encoder(
-    path: str, *, batch_size: int = 256, step: int | None = None, conv_impl: str = "auto"
+    path: storage.PathLike,
+    *,
+    batch_size: int = 256,
+    step: int | None = None,
+    conv_impl: str = "auto",
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A function from images to float32 NumPy embeddings [N, embedding_dim].
 
@@ -188,7 +188,7 @@ def load_encoder(
 
 
 def embed_split(
-    path: str,
+    path: storage.PathLike,
     dataset: str,
     split: str,
     out_path: str,
@@ -215,11 +215,17 @@ def embed_split(
     embeddings, labels = features.embed_batches(encoder, variables, batches, spec.view)
     if not out_path.endswith(".npy"):
         out_path += ".npy"
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    np.save(out_path, embeddings)
+    storage.makedirs(storage.path(out_path).parent)
+    _save_npy(out_path, embeddings)
     result: dict[str, Any] = {"embeddings": out_path, "shape": list(embeddings.shape)}
     if save_labels:
         labels_path = out_path[: -len(".npy")] + "_labels.npy"
-        np.save(labels_path, labels)
+        _save_npy(labels_path, labels)
         result["labels"] = labels_path
     return result
+
+
+def _save_npy(target: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    storage.write_bytes(target, buffer.getvalue())

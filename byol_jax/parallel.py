@@ -109,7 +109,10 @@ def map_function(fn: Callable, **kwargs: Any) -> Callable:
 
 
 def gather_from_processes(value: np.ndarray) -> np.ndarray:
-    """``value`` of every process stacked in process order: [process_count, ...] on all."""
+    """``value`` of every process stacked in process order: [process_count, ...] on all.
+
+    A device collective that the host waits for: for checkpoint steps, never every step.
+    """
     if jax.process_count() == 1:
         return np.asarray(value)[None]
     from jax.experimental import multihost_utils
@@ -117,9 +120,55 @@ def gather_from_processes(value: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
 
 
-def any_process(flag: bool) -> bool:
-    """True on every process if ``flag`` is true on any (so all processes stop together)."""
-    return bool(np.any(gather_from_processes(np.int32(flag))))
+def broadcast_from_chief(value: int) -> int:
+    """Process 0's ``value`` on every process (a one-off agreement, e.g. the resume step)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier ``name`` (no-op in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def stop_agreed(step: int, local_request: bool) -> bool:
+    """Whether to stop after ``step``: true on every process at the same step.
+
+    One process: its own signal flag. Several: JAX's distributed runtime, which hears SIGTERM on
+    any process (its preemption notifier), agrees on a step with the others in the background
+    and answers here from host memory: no device work and no wait on the devices, so the host
+    keeps dispatching steps ahead. Must be called at every step, with the same steps on all.
+    """
+    if jax.process_count() == 1:
+        return local_request
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.reached_preemption_sync_point(step)
+
+
+def replicated_to_global(tree: Any) -> Any:
+    """A pmap-replicated pytree ([local devices, ...] leaves) as global arrays without the
+    device axis, replicated over every device of every process: what a checkpoint saves.
+
+    Stays on device (one on-device copy per leaf and device; no host transfer), so Orbax copies
+    it to the host itself and only one replica is written.
+    """
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(jax.devices()), (AXIS_NAME,)), jax.sharding.PartitionSpec()
+    )
+
+    def to_global(x: jax.Array) -> jax.Array:
+        shape = x.shape[1:]
+        shards = [shard.data.reshape(shape) for shard in x.addressable_shards]
+        return jax.make_array_from_single_device_arrays(shape, sharding, shards)
+
+    return jax.tree.map(to_global, tree)
 
 
 # ---- used inside mapped functions -------------------------------------------------------------

@@ -8,11 +8,11 @@ representation drives it to 0, a healthy one stays near 1/sqrt(dim)).
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from typing import Any
 
-from byol_jax import metrics_io
+from byol_jax import metrics_io, storage
 
 # (metric, panel title, final-eval metric drawn as a marker on the same panel)
 PANELS: tuple[tuple[str, str, str | None], ...] = (
@@ -32,7 +32,12 @@ def _series(records: list[dict[str, Any]], name: str) -> tuple[list[int], list[f
     return steps, [by_step[s] for s in steps]
 
 
-def write_report(workdir: str, *, filename: str = "report.png", title: str | None = None) -> str:
+def write_report(
+    workdir: storage.PathLike,
+    *,
+    filename: str = "report.png",
+    title: str | None = None,
+) -> str:
     """Plot the run's metrics against step into ``workdir/filename``; returns the path."""
     import matplotlib
 
@@ -61,9 +66,12 @@ def write_report(workdir: str, *, filename: str = "report.png", title: str | Non
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle(title or os.path.basename(os.path.abspath(workdir)), fontsize=11)
+    folder = storage.path(workdir)
+    fig.suptitle(title or folder.name, fontsize=11)
     fig.tight_layout()
-    path = os.path.join(workdir, filename)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()  # rendered in memory: the workdir may be a bucket
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return path
+    path = folder / filename
+    storage.write_bytes(path, png.getvalue())
+    return str(path)

@@ -7,12 +7,12 @@ writes checkpoints, ``metrics.jsonl``, TensorBoard events and a console progress
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,7 +37,9 @@ from byol_jax import (
     optim,
     parallel,
     preemption,
+    profiling,
     report,
+    storage,
     train_state,
 )
 from byol_jax.evaluators import baselines, registry
@@ -215,19 +217,21 @@ def initial_state(experiment: Experiment, seed: int) -> train_state.TrainState:
     )
 
 
-def state_digest(host_state: Any) -> str:
-    """A short hash of every array in a host state: equal digests mean bitwise-equal states."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(host_state):
-        array = np.ascontiguousarray(leaf)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
+def _digests_of_all_processes(
+    fingerprints: Callable[[Any], jax.Array], state: Any, step: int
+) -> list[str]:
+    """Every process's state digest; raises if replicas differ (they must stay in lockstep).
 
-
-def _digests_of_all_processes(host_state: Any, step: int) -> list[str]:
-    """Every process's state digest; raises if they differ (they must stay in lockstep)."""
-    mine = np.frombuffer(bytes.fromhex(state_digest(host_state)), np.uint8)
+    ``fingerprints``: the mapped ``checkpoint.fingerprint``; the state is reduced on device and
+    one small row per local device comes to the host (checkpoint steps only).
+    """
+    rows = np.asarray(fingerprints(state))
+    if any(not np.array_equal(row, rows[0]) for row in rows[1:]):
+        raise ReplicaMismatchError(
+            f"the devices of process {jax.process_index()} hold different train states at step "
+            f"{step}; not saved."
+        )
+    mine = np.frombuffer(hashlib.sha256(rows[0].tobytes()).digest()[:8], np.uint8)
     digests = [bytes(row).hex() for row in parallel.gather_from_processes(mine)]
     if len(set(digests)) > 1:
         raise ReplicaMismatchError(
@@ -323,25 +327,24 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_and_save_config(
-    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: storage.PathLike,
+    *,
+    allow_config_change: bool = False,
 ) -> None:
     """Write ``workdir/config.json``; refuse a run whose model/data differ from the saved one."""
-    path = os.path.join(workdir, "config.json")
+    path = storage.path(workdir) / "config.json"
     new = json.loads(config.to_json_best_effort())
-    has_checkpoints = os.path.isdir(checkpoint.checkpoint_dir(workdir)) and any(
-        name.isdigit() for name in os.listdir(checkpoint.checkpoint_dir(workdir))
-    )
-    if os.path.exists(path) and has_checkpoints and not allow_config_change:
+    has_checkpoints = bool(checkpoint.step_dirs(workdir))
+    if path.exists() and has_checkpoints and not allow_config_change:
         _refuse_changes(path, new, workdir)
-    with open(path + ".tmp", "w") as f:
-        json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)  # atomic: a crash never leaves a half-written config
+    # Written whole: a crash never leaves a half-written config.
+    storage.write_text(path, json.dumps(new, indent=2, sort_keys=True))
     write_encoder_spec(config, workdir)
 
 
-def _refuse_changes(path: str, new: dict[str, Any], workdir: str) -> None:
-    with open(path) as f:
-        old = _flatten(json.load(f))
+def _refuse_changes(path: Any, new: dict[str, Any], workdir: storage.PathLike) -> None:
+    old = _flatten(json.loads(storage.read_text(path)))
     flat_new = _flatten(new)
     changed = sorted(
         key
@@ -376,21 +379,19 @@ def encoder_spec(config: ml_collections.ConfigDict) -> features.EncoderSpec:
     )
 
 
-def write_encoder_spec(config: ml_collections.ConfigDict, workdir: str) -> None:
+def write_encoder_spec(config: ml_collections.ConfigDict, workdir: storage.PathLike) -> None:
     """``workdir/encoder.json``: what evaluation and export read instead of the config."""
-    path = os.path.join(workdir, export.SPEC_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(encoder_spec(config).to_json(), f, indent=2)
-    os.replace(path + ".tmp", path)
+    path = storage.path(workdir) / export.SPEC_FILE
+    storage.write_text(path, json.dumps(encoder_spec(config).to_json(), indent=2))
 
 
-def ensure_encoder_spec(config: ml_collections.ConfigDict, workdir: str) -> None:
+def ensure_encoder_spec(config: ml_collections.ConfigDict, workdir: storage.PathLike) -> None:
     """Workdirs of earlier versions lack ``encoder.json``: write it from ``config`` after checking
     that the config's model and data match the workdir's ``config.json``."""
-    if os.path.exists(os.path.join(workdir, export.SPEC_FILE)):
+    if (storage.path(workdir) / export.SPEC_FILE).exists():
         return
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = storage.path(workdir) / "config.json"
+    if not path.exists():
         return  # not a workdir: export.read_encoder explains
     _refuse_changes(path, json.loads(config.to_json_best_effort()), workdir)
     write_encoder_spec(config, workdir)
@@ -402,27 +403,32 @@ class ConfigConflictError(ValueError):
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
-    workdir: str,
+    workdir: storage.PathLike,
     *,
     allow_config_change: bool = False,
     conv_plan: models.ConvPlan = (),
 ) -> dict[str, Any]:
     """Pretrain (resuming from ``workdir`` when it has checkpoints), then evaluate the probe.
 
+    ``workdir``: a local folder or an object-store URL (``gs://bucket/run``).
     ``conv_plan``: measured convolution choices of the CPU path (``cpu_autotune``; same numbers,
     different speed).
 
     Returns the final summary that is also written to ``workdir/summary.json``. On SIGTERM or
-    SIGINT it checkpoints the current step and returns early with ``preempted=True``.
+    SIGINT (on any process) it checkpoints the current step and returns early with
+    ``preempted=True``.
     """
     for name, entry in _entries(config).items():  # before anything is written
         registry.check_entry(name, entry)
     try:
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
     except OSError as error:
         raise checkpoint.CheckpointError(f"cannot create workdir {workdir}: {error}") from error
     is_chief = jax.process_index() == 0
-    info = train_dataset_info(config)
+    # Process 0 prepares the dataset (tfds download_and_prepare) alone; the others read it after.
+    info = train_dataset_info(config) if is_chief else None
+    parallel.barrier("dataset_prepared")
+    info = info or train_dataset_info(config)
     experiment = build_experiment(
         config,
         num_classes=info.num_classes,
@@ -432,9 +438,27 @@ def train_and_evaluate(
     if is_chief:
         check_and_save_config(config, workdir, allow_config_change=allow_config_change)
 
-    manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
-    host_state, restored_step = checkpoint.restore_latest(
-        manager, initial_state(experiment, config.seed), workdir=workdir if is_chief else None
+    manager = checkpoint.create_manager(
+        workdir, max_to_keep=config.keep_checkpoints, asynchronous=config.async_checkpoints
+    )
+    try:
+        return _train_then_evaluate(config, workdir, experiment, info, manager)
+    finally:
+        # A pending save completes (or fails loudly) before the process moves on or exits.
+        checkpoint.wait(manager)
+        manager.close()
+
+
+def _train_then_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: storage.PathLike,
+    experiment: Experiment,
+    info: input_pipeline.DatasetInfo,
+    manager: Any,
+) -> dict[str, Any]:
+    is_chief = jax.process_index() == 0
+    host_state, restored_step = checkpoint.restore_agreed(
+        manager, initial_state(experiment, config.seed), workdir=workdir
     )
     evals = build_evaluators(config, eval_data(config, num_classes=info.num_classes))
     periodic = [e for e in evals if e.every_steps > 0]
@@ -452,7 +476,13 @@ def train_and_evaluate(
     batches = host_train_batches(config, start_step)
     device_batches = parallel.prefetch_to_device(batches, size=2)
     p_train_step = parallel.map_step(experiment.step_fn)
-    writer = metrics_io.MetricsWriter(workdir, enabled=is_chief, resume_step=restored_step)
+    p_fingerprints = parallel.map_function(checkpoint.fingerprint)
+    writer = metrics_io.MetricsWriter(
+        workdir, enabled=is_chief, resume_step=restored_step, tensorboard=config.tensorboard
+    )
+    profile = profiling.Window(
+        tuple(config.profile_steps), storage.path(workdir) / profiling.FOLDER
+    )
 
     steps = experiment.total_steps
     last_log_time, last_log_step = time.time(), start_step
@@ -460,14 +490,20 @@ def train_and_evaluate(
     digests: list[str] = []
     step = start_step
     stopped_by: str | None = None
-    with preemption.StopSignal() as stop:
+    multi_process = jax.process_count() > 1
+    with preemption.StopSignal(runtime_owns_sigterm=multi_process) as stop:
         for step in range(start_step + 1, steps + 1):
-            state, metrics = p_train_step(state, next(device_batches))
+            profile.before_step(step)
+            # A step that neither logs nor saves must not wait on the devices: no transfer to
+            # the host (the guard raises on one), so the host dispatches steps ahead.
+            with _transfer_guard(config.transfer_guard):
+                state, metrics = p_train_step(state, next(device_batches))
+                stop_now = parallel.stop_agreed(step, stop.requested)
+                profile.after_step(step, state)
             if step == start_step + 1:
                 # Start the throughput clock after compilation: images/s measures steps only.
                 jax.block_until_ready(metrics)
                 last_log_time, last_log_step = time.time(), step
-            stop_now = parallel.any_process(stop.requested)
             is_last = step == steps or stop_now
             must_save = step % config.checkpoint_every_steps == 0 or is_last
             if step % config.log_every_steps == 0 or must_save:
@@ -494,39 +530,31 @@ def train_and_evaluate(
                         last_log_time = time.time()  # keep evaluation out of images/s
                 writer.write(step, values)
                 if is_chief:
-                    eta = (steps - step) * config.batch_size / max(values["images_per_sec"], 1e-9)
-                    evaluated = "".join(
-                        f" | {k} {v:.3f}"
-                        for e in periodic
-                        for k, v in values.items()
-                        if k.startswith(f"{e.name}_") and k.endswith(("accuracy", "top1"))
-                    )
-                    print(
-                        f"step {step}/{steps} | loss {values['loss']:.4f} | probe acc "
-                        f"{values['probe_accuracy']:.3f}{evaluated} | "
-                        f"{values['images_per_sec']:.0f} img/s | ETA {_format_duration(eta)}",
-                        flush=True,
-                    )
+                    _print_progress(step, steps, values, periodic, config.batch_size)
             if must_save:
-                host_state = parallel.fetch(state)
-                digests = _digests_of_all_processes(host_state, step)
+                digests = _digests_of_all_processes(p_fingerprints, state, step)
                 try:
-                    checkpoint.save(manager, step, host_state)
+                    # Returns once the state is copied off the devices; the write goes on in
+                    # the background while training continues.
+                    checkpoint.save(manager, step, parallel.replicated_to_global(state))
                 except FloatingPointError as error:
                     raise NonFiniteLossError(
                         f"{error}; not saved. Last good checkpoint: step {last_saved} in "
                         f"{checkpoint.checkpoint_dir(workdir)}."
                     ) from error
-                del host_state
                 last_saved = step
             if stop_now:
                 stopped_by = stop.signal_name or "a signal on another process"
+                if multi_process:
+                    stopped_by = "a preemption notice (SIGTERM or Ctrl-C) on some process"
                 break
+    profile.close()
 
     if not digests:  # The loop did not run (resumed a finished run); otherwise it saved last.
-        digests = _digests_of_all_processes(parallel.fetch(state), step)
+        digests = _digests_of_all_processes(p_fingerprints, state, step)
     summary: dict[str, Any] = {"step": int(step), "total_steps": steps, "state_digests": digests}
     if stopped_by is not None:
+        checkpoint.wait(manager)
         writer.close()
         if is_chief:
             print(
@@ -554,11 +582,40 @@ def train_and_evaluate(
             else:
                 summary.update(metrics)
     writer.close()
+    checkpoint.wait(manager)
     if is_chief:
         summary["report"] = report.write_report(workdir)
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        storage.write_text(storage.path(workdir) / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _transfer_guard(level: str) -> contextlib.AbstractContextManager:
+    """``jax.transfer_guard_device_to_host(level)``; "allow" adds nothing."""
+    if level == "allow":
+        return contextlib.nullcontext()
+    return jax.transfer_guard_device_to_host(level)
+
+
+def _print_progress(
+    step: int,
+    steps: int,
+    values: dict[str, float],
+    periodic: list[registry.Scheduled],
+    batch_size: int,
+) -> None:
+    eta = (steps - step) * batch_size / max(values["images_per_sec"], 1e-9)
+    evaluated = "".join(
+        f" | {k} {v:.3f}"
+        for e in periodic
+        for k, v in values.items()
+        if k.startswith(f"{e.name}_") and k.endswith(("accuracy", "top1"))
+    )
+    print(
+        f"step {step}/{steps} | loss {values['loss']:.4f} | probe acc "
+        f"{values['probe_accuracy']:.3f}{evaluated} | "
+        f"{values['images_per_sec']:.0f} img/s | ETA {_format_duration(eta)}",
+        flush=True,
+    )
 
 
 def eval_view(config: ml_collections.ConfigDict) -> features.View:
@@ -632,7 +689,10 @@ def build_evaluators(
 
 
 def _write_eval_file(
-    workdir: str, scheduled: registry.Scheduled, metrics: dict[str, float], **info: Any
+    workdir: storage.PathLike,
+    scheduled: registry.Scheduled,
+    metrics: dict[str, float],
+    **info: Any,
 ) -> str:
     """``workdir/eval_<name>.json``: the metrics (and the linear evaluators' settings)."""
     content: dict[str, Any] = {"evaluator": scheduled.name, "type": scheduled.kind, **info}
@@ -640,14 +700,14 @@ def _write_eval_file(
     details = getattr(scheduled.evaluator, "last_result", None)
     if details:
         content["details"] = details
-    path = os.path.join(workdir, f"eval_{scheduled.name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(content, f, indent=2)
-    os.replace(path + ".tmp", path)
-    return path
+    path = storage.path(workdir) / f"eval_{scheduled.name}.json"
+    storage.write_text(path, json.dumps(content, indent=2))
+    return str(path)
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, kind: str) -> dict[str, Any]:
+def evaluate_workdir(
+    config: ml_collections.ConfigDict, workdir: storage.PathLike, kind: str
+) -> dict[str, Any]:
     """``--mode=knn/linear_eval/fine_tune/baselines``: the ``config.evals`` entries of type
     ``kind``, run on the newest checkpoint's encoder in ``workdir`` (restored alone, not the
     whole TrainState). Writes ``workdir/eval_<name>.json`` per entry."""

@@ -15,6 +15,7 @@ from byol_jax import models
 
 DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", *models.CONV_IMPLS)
+TRANSFER_GUARDS = ("allow", "log", "disallow", "log_explicit", "disallow_explicit")
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,23 @@ def validate_config(
     _check(config, "warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _check(config, key, lambda v: _is_int(v) and v > 0, "a positive integer")
+    for key in ("async_checkpoints", "tensorboard", "compilation_cache"):
+        _check(config, key, lambda v: isinstance(v, bool), "True or False")
+    _check(config, "compilation_cache_dir", lambda v: isinstance(v, str), "a folder (or '')")
+    _check(
+        config,
+        "transfer_guard",
+        lambda v: v in TRANSFER_GUARDS,
+        f"one of {TRANSFER_GUARDS} (jax.transfer_guard levels)",
+    )
+    _check(
+        config,
+        "profile_steps",
+        lambda v: (
+            tuple(v) == () or (len(v) == 2 and all(_is_int(x) for x in v) and 1 <= v[0] <= v[1])
+        ),
+        "() or (first, last) with 1 <= first <= last, e.g. --config.profile_steps='(10,12)'",
+    )
 
     _check(config, "optimizer.base_lr", lambda v: _is_number(v) and v > 0, "a number > 0")
     _check(config, "optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0")

@@ -20,6 +20,18 @@ def base_config() -> ml_collections.ConfigDict:
     # CPU only: time XLA flag sets and per-shape convolution choices on this machine once (cached
     # in ~/.cache/byol_jax/cpu_autotune) when model.conv_impl is "auto" and XLA_FLAGS is unset.
     config.cpu_autotune = True
+    # Saves copy the state off the devices, then write in the background (Orbax async).
+    config.async_checkpoints = True
+    config.tensorboard = True  # WORKDIR/tensorboard event files (metrics.jsonl is always written)
+    # Persistent XLA compilation cache: a restarted run skips compiling. Folder "" means
+    # WORKDIR/compilation_cache (a bucket path works); JAX_COMPILATION_CACHE_DIR, if set, wins.
+    config.compilation_cache = True
+    config.compilation_cache_dir = ""
+    # Device-to-host transfers on steps that neither log nor save: "disallow" raises on an
+    # implicit one (it would make the host wait on the devices every step).
+    config.transfer_guard = "disallow"
+    # (first, last): jax.profiler trace of those steps into WORKDIR/profile, for TensorBoard.
+    config.profile_steps = ()
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.base_lr = 0.2  # scaled by batch_size / 256

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 
 from byol_jax import checkpoint, train
 from configs import smoke
@@ -46,8 +45,7 @@ def restore_smoke_state(workdir: Any, step: int | None = None) -> tuple[Any, int
     manager = checkpoint.create_manager(str(workdir))
     if step is None:
         return checkpoint.restore_latest(manager, template)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
+    return checkpoint.restore_step(manager, step, template), step
 
 
 def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float = 300) -> str:
@@ -59,3 +57,16 @@ def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float = 300) 
             return "".join(lines)
         assert time.time() < deadline, "".join(lines)
     raise AssertionError(f"no line starting with {prefix!r}:\n" + "".join(lines))
+
+
+def damage_checkpoint(step_dir: Any, how: str = "garble") -> None:
+    """Truncate or overwrite every file of a checkpoint step folder (a damaged disk or upload)."""
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                if how == "truncate":
+                    f.truncate(size // 3)
+                else:
+                    f.write(os.urandom(max(size, 16)))

@@ -17,7 +17,13 @@ import time
 import jax
 import numpy as np
 import pytest
-from launch_helpers import SMOKE, restore_smoke_state, start_launch, wait_for_line
+from launch_helpers import (
+    SMOKE,
+    damage_checkpoint,
+    restore_smoke_state,
+    start_launch,
+    wait_for_line,
+)
 
 # Checkpoints every 4 steps, all kept: step 4 compares layouts before float noise grows.
 RUN_ARGS = [
@@ -25,6 +31,9 @@ RUN_ARGS = [
     "--config.num_steps=14",
     "--config.checkpoint_every_steps=4",
     "--config.keep_checkpoints=10",
+    # Any device-to-host transfer (even an explicit one) on a step that neither logs nor saves
+    # fails the run: the host must never wait on the devices there.
+    "--config.transfer_guard=disallow_explicit",
 ]
 
 
@@ -87,7 +96,7 @@ def test_two_processes_stop_together_resume_and_match_one_process(tmp_path):
     wait_for_line(pair[0], "step 6/14")
     pair[1].send_signal(signal.SIGTERM)
     chief_output = _finish(pair)[0]
-    assert "stopped by a signal on another process after step" in chief_output, chief_output
+    assert "stopped by a preemption notice" in chief_output, chief_output
     stopped_at = int(chief_output.split("after step ")[1].split(";")[0])
     assert 6 <= stopped_at < 14 and str(stopped_at) in os.listdir(two / "checkpoints")
 
@@ -120,6 +129,17 @@ def test_two_processes_stop_together_resume_and_match_one_process(tmp_path):
         jax.tree_util.tree_flatten_with_path(two_state)[0], jax.tree.leaves(one_state), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5, err_msg=jax.tree_util.keystr(path))
+
+    # A damaged newest checkpoint: process 0 picks the newest readable step, both processes
+    # resume there, and only then is the damaged one moved aside (once).
+    damage_checkpoint(two / "checkpoints" / "14")
+    chief_output, worker_output = _finish(_start_pair(two, (("--config.num_steps=16",),) * 2))
+    assert "checkpoint step 14 is unreadable" in chief_output, chief_output
+    assert "resuming from step 12 of 16" in chief_output, chief_output
+    assert "unreadable" not in worker_output, worker_output
+    assert os.listdir(two / "corrupt_checkpoints") == ["14"]
+    digests = _summary(two)["state_digests"]
+    assert _summary(two)["step"] == 16 and digests[0] == digests[1]
 
 
 def test_a_failing_process_stops_the_whole_job(tmp_path):

@@ -3,11 +3,18 @@
 import errno
 import os
 import signal
+import time
 
 import jax
 import numpy as np
 import pytest
-from launch_helpers import SMOKE, restore_smoke_state, start_launch, wait_for_line
+from launch_helpers import (
+    SMOKE,
+    damage_checkpoint,
+    restore_smoke_state,
+    start_launch,
+    wait_for_line,
+)
 
 from byol_jax import checkpoint, metrics_io, train
 from configs import smoke
@@ -39,14 +46,18 @@ def test_kill9_then_relaunch_resumes_bitwise_identical(tmp_path):
     ref_state, ref_step = restore_smoke_state(reference)
     assert ref_step == 16
 
-    # kill -9 after the step-4 checkpoint: the relaunch resumes from a complete checkpoint and
-    # ends bitwise where the uninterrupted run ended.
+    # kill -9 once the step-4 checkpoint is committed (saves are asynchronous; later saves may
+    # be mid-write): the relaunch resumes from a complete checkpoint and ends bitwise where the
+    # uninterrupted run ended.
     killed = tmp_path / "kill9"
     process = _start(killed)
     wait_for_line(process, "step 6/16")
+    deadline = time.time() + 120
+    while not checkpoint.step_dirs(killed) and time.time() < deadline:
+        time.sleep(0.05)
     process.kill()
     process.wait(timeout=60)
-    steps = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
+    steps = checkpoint.step_dirs(killed)
     assert steps and 4 <= steps[-1] < 16
     output = _run_to_end(killed)
     assert "resuming from step" in output
@@ -69,25 +80,14 @@ def _toy_manager(tmp_path):
     for step in (1, 2, 3):
         state = {"w": np.full((4, 3), step, np.float32), "b": np.full(3, -step, np.float32)}
         assert checkpoint.save(manager, step, state)
+    checkpoint.wait(manager)  # saves are asynchronous
     return manager, template
-
-
-def _damage(step_dir, how):
-    for root, _, files in os.walk(step_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            size = os.path.getsize(path)
-            with open(path, "r+b") as f:
-                if how == "truncate":
-                    f.truncate(size // 3)
-                else:
-                    f.write(os.urandom(max(size, 16)))
 
 
 @pytest.mark.parametrize("how", ["truncate", "garble"])
 def test_corrupt_latest_checkpoint_falls_back_to_newest_good_one(tmp_path, how, capsys):
     manager, template = _toy_manager(tmp_path)
-    _damage(tmp_path / "checkpoints" / "3", how)
+    damage_checkpoint(tmp_path / "checkpoints" / "3", how)
     restored, step = checkpoint.restore_latest(manager, template, workdir=str(tmp_path))
     assert step == 2
     np.testing.assert_array_equal(restored["w"], np.full((4, 3), 2, np.float32))
@@ -100,7 +100,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_newest_good_one(tmp_path, how, 
 def test_all_checkpoints_corrupt_is_a_clear_error_and_touches_nothing(tmp_path):
     manager, template = _toy_manager(tmp_path)
     for step in (1, 2, 3):
-        _damage(tmp_path / "checkpoints" / str(step), "garble")
+        damage_checkpoint(tmp_path / "checkpoints" / str(step), "garble")
     with pytest.raises(checkpoint.CheckpointError, match="none of the checkpoints"):
         checkpoint.restore_latest(manager, template, workdir=str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3"]
