@@ -18,6 +18,7 @@ The names below are the public API; other modules import ``byol_jax.data`` only.
 from byol_jax.data.errors import DatasetError
 from byol_jax.data.eval_stream import eval_batches
 from byol_jax.data.idx import DEFAULT_IDX_DIR, read_idx
+from byol_jax.data.packed import packed_dir
 from byol_jax.data.source import DatasetInfo
 from byol_jax.data.sources import (
     PATH_DATASETS,
@@ -36,6 +37,7 @@ __all__ = [
     "dataset_info",
     "eval_batches",
     "is_known_dataset",
+    "packed_dir",
     "prepare_dataset",
     "read_idx",
     "source_options",

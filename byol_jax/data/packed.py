@@ -71,7 +71,7 @@ def pack_folder(
             example = {"image": data, "file_name": name}
             if listing["label_names"]:
                 example["label"] = label
-            yield example
+            yield name, example  # (key, example); with shuffling off the order is kept
 
     feature_dict: dict[str, Any] = {
         "image": tfds.features.Image(shape=(None, None, 3)),
@@ -84,7 +84,7 @@ def pack_folder(
         name=PACKED_NAME,
         version=PACKED_VERSION,
         features=tfds.features.FeaturesDict(feature_dict),
-        split_datasets={s: list(examples(s)) for s in splits},
+        split_datasets={s: examples(s) for s in splits},
         data_dir=out,
         description=f"Images of {listing['root']}, packed by byol_jax.prepare.",
         download_config=config,
