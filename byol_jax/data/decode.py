@@ -223,10 +223,14 @@ def decode_fn(encoded: bool, size: int) -> Callable[[dict[str, Any]], dict[str, 
     return decode
 
 
-def pipeline_options() -> tf.data.Options:
-    """Deterministic order (reproducible batches) with parallel, autotuned host work."""
+def pipeline_options(threads: int = 0) -> tf.data.Options:
+    """Deterministic order (reproducible batches) with parallel, autotuned host work on
+    ``threads`` host threads (0: tf.data's default, one per core)."""
     tf = import_tf()
     options = tf.data.Options()
+    if threads > 0:
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
     options.deterministic = True  # Parallel maps must keep order for reproducible batches.
     options.autotune.enabled = True
     options.experimental_optimization.map_parallelization = True

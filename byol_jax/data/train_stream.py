@@ -100,6 +100,7 @@ def train_batches(
     max_bad_records: int = 0,
     folder_labels: bool = False,
     workdir: str | None = None,
+    host_threads: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite iterator of per-process batches.
 
@@ -125,7 +126,8 @@ def train_batches(
 
     ``max_bad_records``: records or files that fail to read or decode are skipped, counted and
     logged, up to this many per process; one more raises ``DatasetError`` (0, the default here,
-    fails on the first). Skipped records shift the later batches of their process, so exact
+    fails on the first). ``host_threads`` > 0 caps tf.data's thread pool (0: one per core).
+    Skipped records shift the later batches of their process, so exact
     resume only holds for clean data. For 'folder', ``data_dir`` is the folder and ``workdir``
     (if it holds one) supplies the stored file list.
 
@@ -148,7 +150,7 @@ def train_batches(
     )  # fmt: skip
     if source.kind == "arrays":
         ds = _random_access_stream(source, source_size=source_size, **common)
-        ds = ds.with_options(decode.pipeline_options()).prefetch(tf.data.AUTOTUNE)
+        ds = ds.with_options(decode.pipeline_options(host_threads)).prefetch(tf.data.AUTOTUNE)
         return decode.numpy_batches(ds, what)
     if source.kind == "files":
         ds = _random_access_stream(source, source_size=source_size, **common)
@@ -168,7 +170,7 @@ def train_batches(
     if max_bad_records > 0:
         ds = ds.ignore_errors()
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.with_options(decode.pipeline_options()).prefetch(tf.data.AUTOTUNE)
+    ds = ds.with_options(decode.pipeline_options(host_threads)).prefetch(tf.data.AUTOTUNE)
     return _count_bad_records(
         decode.numpy_batches(ds, what), start_step * batch_size, max_bad_records, what
     )
