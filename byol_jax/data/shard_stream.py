@@ -2,9 +2,11 @@
 
 A split is cut into ``S = stream_shards`` contiguous shards (``tfds.even_splits``), each an
 endless stream with a seed of its own. Every epoch of a shard reads its record files in a fresh
-seeded order, interleaving up to ``_CYCLE`` files at a time, and then shuffles with a buffer
-of ``shuffle_buffer // S`` records: neighbours in one epoch are scattered in the next (before,
-files were read in one fixed order, so each epoch repeated nearly the same sequence). Sources
+seeded order, each file rotated to start at a seeded record, interleaving up to ``_CYCLE``
+files at a time, and then shuffles with a buffer of ``shuffle_buffer // S`` records: neighbours
+in one epoch are scattered in the next (before, files were read in one fixed order, so each
+epoch repeated nearly the same sequence; see docs/data.md for the measurement). A rotation
+reads the skipped head of a file twice: on average half a file more I/O per file and epoch. Sources
 whose files cannot be read directly (mocked or non-TFRecord builders) keep the fixed file order
 and only the buffer.
 
@@ -69,16 +71,21 @@ def _epoch_file_reader(source: Source, pieces: list[Any], shard_seed: int):
         label = tf.cast(ex["label"], tf.int32) if has_label else tf.constant(-1, tf.int32)
         return {"image": ex["image"], "label": label}
 
-    def read(name: tf.Tensor, skip: tf.Tensor, take: tf.Tensor) -> tf.data.Dataset:
-        return tf.data.TFRecordDataset(name).skip(skip).take(take)
+    def read(name: tf.Tensor, skip: tf.Tensor, take: tf.Tensor, turn: tf.Tensor):
+        # The piece rotated by ``turn`` records: files read side by side no longer stay in
+        # lockstep (record i of every file together) from one epoch to the next.
+        records = tf.data.TFRecordDataset(name).skip(skip)
+        return records.skip(turn).take(take - turn).concatenate(records.take(turn))
 
     def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(len(pieces)), seed=tf.stack([tf.constant(shard_seed, tf.int64), epoch])
-        )
+        seed = tf.stack([tf.constant(shard_seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(pieces)), seed=seed)
+        fractions = tf.random.stateless_uniform([len(pieces)], seed=seed + 1)
+        turns = tf.cast(fractions * tf.cast(takes, tf.float32), tf.int64)
         files = tf.data.Dataset.from_tensor_slices(
-            (tf.gather(names, order), tf.gather(skips, order), tf.gather(takes, order))
-        )
+            (tf.gather(names, order), tf.gather(skips, order), tf.gather(takes, order),
+             tf.gather(turns, order))
+        )  # fmt: skip
         records = files.interleave(
             read,
             cycle_length=min(_CYCLE, len(pieces)),
