@@ -309,9 +309,21 @@ def _format_duration(seconds: float) -> str:
 
 
 # Config sections that must not change under an existing run's checkpoints.
-_FIXED_KEYS = ("model", "data.dataset", "data.image_size", "data.source_size", "seed")
+_FIXED_KEYS = (
+    "model",
+    "data.dataset",
+    "data.folder",
+    "data.image_size",
+    "data.source_size",
+    "seed",
+)
 # Keys added after runs were saved without them: a missing key meant this (the old behaviour).
-_ADDED_KEY_DEFAULTS = {"model.padding": "symmetric", "model.projection_shortcuts": False}
+_ADDED_KEY_DEFAULTS = {
+    "model.padding": "symmetric",
+    "model.projection_shortcuts": False,
+    "data.folder": "",
+    "data.folder_labels": False,
+}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
