@@ -67,6 +67,8 @@ def test_damaged_files_fail_clearly_or_are_counted_and_skipped(tmp_path, caplog,
         batches = _stream(tmp_path, batch_size=8, folder_labels=True)
         next(batches)
     assert "\n" not in str(error.value)
+    if not content.startswith((b"\xff\xd8", b"\x89PNG")):  # not even a header: named
+        assert f"c03/{name}" in str(error.value)
     with caplog.at_level(logging.WARNING):
         two_epochs = _stream(tmp_path, batch_size=7, folder_labels=True, max_bad_records=2)
         labels = [x for _ in range(2) for x in next(two_epochs)["label"].tolist()]

@@ -44,6 +44,16 @@ def _permuted(pos: tf.Tensor, n_total: int, global_seed: int) -> tf.Tensor:
     )
 
 
+def _looks_like_an_image(data: tf.Tensor) -> tf.Tensor:
+    """Whether ``data`` starts like a JPEG, PNG, GIF or BMP file."""
+    tf = import_tf()
+    head = tf.strings.substr(data, 0, 4)
+    return tf.logical_or(
+        tf.reduce_any(tf.strings.substr(head, 0, 3) == [b"\xff\xd8\xff", b"GIF"]),
+        tf.reduce_any([head == b"\x89PNG", tf.strings.substr(head, 0, 2) == b"BM"]),
+    )
+
+
 def _random_access_stream(
     source: Source, *, seed: int, start_step: int, batch_size: int, process_index: int,
     process_count: int, source_size: int,
@@ -74,8 +84,14 @@ def _random_access_stream(
 
     def read(pos: tf.Tensor, local: tf.Tensor) -> dict[str, tf.Tensor]:
         index = _permuted(pos, n_total, global_seed)
+        path = paths[index]
+        image = tf.io.read_file(path)
+        # Empty or foreign files fail here, naming the file (decoders do not say which it was).
+        check = tf.debugging.Assert(_looks_like_an_image(image), ["not an image file:", path])
+        with tf.control_dependencies([check]):
+            image = tf.identity(image)
         # 'position' counts this process's records, so the host can count the dropped ones.
-        return {"image": tf.io.read_file(paths[index]), "label": labels[index], "position": local}
+        return {"image": image, "label": labels[index], "position": local}
 
     ds = steps.map(positions).unbatch()
     ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter(start=start_step * batch_size))
