@@ -442,7 +442,7 @@ def train_and_evaluate(
         )
         if config.data.dataset in input_pipeline.PATH_DATASETS:
             print(ready, flush=True)
-    parallel.any_process(False)
+    parallel.any_process(False)  # a barrier: the others then read what the chief prepared
     info = train_dataset_info(config, workdir)
     experiment = build_experiment(
         config,
