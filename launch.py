@@ -136,7 +136,8 @@ def main(argv: list[str]) -> None:
     _initialize_distributed()
     import jax
 
-    from byol_jax import input_pipeline, validation
+    from byol_jax import data as input_pipeline
+    from byol_jax import validation
 
     if not FLAGS["verbosity"].present:
         # Orbax and TF log every save at INFO; keep the console to our progress lines.
@@ -222,7 +223,8 @@ def _cpu_autotune(config) -> tuple:
     Off with ``--config.cpu_autotune=False``, an explicit ``model.conv_impl`` or user-set
     ``XLA_FLAGS``; a config that fails validation is not tuned (validation reports it next).
     """
-    from byol_jax import cpu_autotune, input_pipeline, train, validation
+    from byol_jax import cpu_autotune, train, validation
+    from byol_jax import data as input_pipeline
 
     try:
         validation.validate_config(
@@ -256,9 +258,9 @@ def _evaluate(mode: str, config, workdir: str) -> dict:
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
     split = FLAGS.split or data.eval_split
     out = FLAGS.output or str(storage.path(workdir) / f"embeddings_{split.replace(':', '_')}.npy")
-    export.embed_split(
-        workdir, data.dataset, split, out, data_dir=data.data_dir, idx_dir=data.idx_dir
-    )
+    from byol_jax.data import source_options
+
+    export.embed_split(workdir, data.dataset, split, out, **source_options(data))
     return {"written": out}
 
 

@@ -7,7 +7,7 @@ small source loses the detail that small crops magnify; a large one costs host-t
 
 * "original": each photo resized (antialiased) to a 500 px longer side, the size of most
   ImageNet training images (500 x 375 / 375 x 500);
-* for each S, the pipeline's own host step (``input_pipeline._resize_and_pad``) and the device's
+* for each S, the pipeline's own host step (``data.decode.resize_and_pad``) and the device's
   crop (``augment.crop_and_resize`` with ``valid``) of the same relative boxes, compared with
   the crop taken from the original: PSNR in dB (higher = closer; identical = inf).
 
@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax import augment, input_pipeline
+from byol_jax import augment
+from byol_jax.data import decode
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
 ORIGINAL_SIDE = 500  # longer side of most ImageNet training images
@@ -46,7 +47,7 @@ def _resize_longer(image: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray
     """The training pipeline's host step: longer side to ``side``, padded square, valid size."""
     import tensorflow as tf
 
-    padded, valid = input_pipeline._resize_and_pad(tf.constant(image), side)
+    padded, valid = decode.resize_and_pad(tf.constant(image), side)
     return padded.numpy(), valid.numpy()
 
 

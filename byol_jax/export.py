@@ -30,7 +30,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from byol_jax import checkpoint, features, input_pipeline, storage
+from byol_jax import checkpoint, features, storage
+from byol_jax import data as input_pipeline
 from byol_jax.features import EncoderSpec, encoder_variables  # noqa: F401  (public here too)
 
 ENCODER_FILE = "encoder.msgpack"
@@ -197,6 +198,7 @@ def embed_split(
     idx_dir: str = input_pipeline.DEFAULT_IDX_DIR,
     batch_size: int = 256,
     save_labels: bool = True,
+    folder_labels: bool = False,
 ) -> dict[str, Any]:
     """Embed every example of a tfds/IDX split and ``np.save`` them to ``out_path`` [N, D].
 
@@ -211,6 +213,7 @@ def embed_split(
         batch_size=features.device_multiple(batch_size),
         source_size=spec.source_size,
         idx_dir=idx_dir,
+        folder_labels=folder_labels,
     )
     embeddings, labels = features.embed_batches(encoder, variables, batches, spec.view)
     if not out_path.endswith(".npy"):

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol_jax import augment, input_pipeline, models, parallel
+from byol_jax import augment, models, parallel
+from byol_jax import data as input_pipeline
 
 SPEC_FORMAT = "byol_jax.encoder.v1"
 
@@ -138,6 +139,7 @@ def load_split(
     data_dir: str | None = None,
     idx_dir: str = input_pipeline.DEFAULT_IDX_DIR,
     batch_size: int = 1000,
+    folder_labels: bool = False,
 ) -> LabeledImages:
     """Read a whole split into host memory (uint8 [N, S, S, 3] images and int32 labels).
 
@@ -152,6 +154,7 @@ def load_split(
         batch_size=batch_size,
         source_size=source_size,
         idx_dir=idx_dir,
+        folder_labels=folder_labels,
     ):
         keep = batch["mask"]
         images.append(batch["image"][keep])

@@ -31,7 +31,6 @@ from byol_jax import (
     ema,
     export,
     features,
-    input_pipeline,
     metrics_io,
     models,
     optim,
@@ -42,6 +41,7 @@ from byol_jax import (
     storage,
     train_state,
 )
+from byol_jax import data as input_pipeline
 from byol_jax.evaluators import baselines, registry
 from byol_jax.evaluators.base import EvalData, EvaluatorError
 from byol_jax.train_step import train_step
@@ -241,37 +241,39 @@ def _digests_of_all_processes(
     return digests
 
 
-def train_dataset_info(config: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+def train_dataset_info(
+    config: ml_collections.ConfigDict, workdir: str | None = None
+) -> input_pipeline.DatasetInfo:
     """Size and classes of the training split named by ``config.data``."""
     data = config.data
     return input_pipeline.dataset_info(
         data.dataset,
         data.train_split,
-        data_dir=data.data_dir,
         source_size=data.source_size,
-        idx_dir=data.idx_dir,
+        workdir=workdir,
+        **input_pipeline.source_options(data),
     )
 
 
 def host_train_batches(
-    config: ml_collections.ConfigDict, start_step: int = 0
+    config: ml_collections.ConfigDict, start_step: int = 0, workdir: str | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of the global training batches from ``start_step`` on."""
     data = config.data
     return input_pipeline.train_batches(
         data.dataset,
         data.train_split,
-        data_dir=data.data_dir,
         batch_size=config.batch_size // jax.process_count(),
         source_size=data.train_source_size or data.source_size,
         seed=config.seed,
         start_step=start_step,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        idx_dir=data.idx_dir,
         shuffle_buffer=data.shuffle_buffer,
         stream_shards=stream_shards(data.stream_shards, config.batch_size, jax.process_count()),
         max_bad_records=data.max_bad_records,
+        workdir=workdir,
+        **input_pipeline.source_options(data),
     )
 
 
@@ -311,9 +313,21 @@ def _format_duration(seconds: float) -> str:
 
 
 # Config sections that must not change under an existing run's checkpoints.
-_FIXED_KEYS = ("model", "data.dataset", "data.image_size", "data.source_size", "seed")
+_FIXED_KEYS = (
+    "model",
+    "data.dataset",
+    "data.folder",
+    "data.image_size",
+    "data.source_size",
+    "seed",
+)
 # Keys added after runs were saved without them: a missing key meant this (the old behaviour).
-_ADDED_KEY_DEFAULTS = {"model.padding": "symmetric", "model.projection_shortcuts": False}
+_ADDED_KEY_DEFAULTS = {
+    "model.padding": "symmetric",
+    "model.projection_shortcuts": False,
+    "data.folder": "",
+    "data.folder_labels": False,
+}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -425,10 +439,14 @@ def train_and_evaluate(
     except OSError as error:
         raise checkpoint.CheckpointError(f"cannot create workdir {workdir}: {error}") from error
     is_chief = jax.process_index() == 0
-    # Process 0 prepares the dataset (tfds download_and_prepare) alone; the others read it after.
-    info = train_dataset_info(config) if is_chief else None
-    parallel.barrier("dataset_prepared")
-    info = info or train_dataset_info(config)
+    if is_chief:  # download/prepare, or list a folder into the workdir: once, then a barrier
+        ready = input_pipeline.prepare_dataset(
+            config.data.dataset, workdir=workdir, **input_pipeline.source_options(config.data)
+        )
+        if config.data.dataset in input_pipeline.PATH_DATASETS:
+            print(ready, flush=True)
+    parallel.barrier("dataset_prepared")  # the others then read what the chief prepared
+    info = train_dataset_info(config, workdir)
     experiment = build_experiment(
         config,
         num_classes=info.num_classes,
@@ -461,6 +479,8 @@ def _train_then_evaluate(
         manager, initial_state(experiment, config.seed), workdir=workdir
     )
     evals = build_evaluators(config, eval_data(config, num_classes=info.num_classes))
+    if is_chief and not info.num_classes and _scheduled_entries(config):
+        print(_no_labels_message(config, _scheduled_entries(config)), flush=True)
     periodic = [e for e in evals if e.every_steps > 0]
     encoder = experiment.online_net.encoder
     start_step = int(restored_step or 0)
@@ -473,7 +493,7 @@ def _train_then_evaluate(
     state = parallel.replicate(host_state)
     del host_state
 
-    batches = host_train_batches(config, start_step)
+    batches = host_train_batches(config, start_step, workdir)
     device_batches = parallel.prefetch_to_device(batches, size=2)
     p_train_step = parallel.map_step(experiment.step_fn)
     p_fingerprints = parallel.map_function(checkpoint.fingerprint)
@@ -642,7 +662,7 @@ def eval_data(
     def load(split: str) -> features.LabeledImages:
         if split not in loaded:
             loaded[split] = features.load_split(
-                data.dataset, split, source_size=size, data_dir=data.data_dir, idx_dir=data.idx_dir
+                data.dataset, split, source_size=size, **input_pipeline.source_options(data)
             )
         return loaded[split]
 
@@ -650,12 +670,11 @@ def eval_data(
         return input_pipeline.eval_batches(
             data.dataset,
             split,
-            data_dir=data.data_dir,
             batch_size=_eval_batch_size(data.eval_batch_size),
             source_size=size,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            idx_dir=data.idx_dir,
+            **input_pipeline.source_options(data),
         )
 
     return EvalData(
@@ -671,6 +690,21 @@ def eval_data(
 
 def _entries(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     return {name: dict(entry.to_dict()) for name, entry in config.evals.items()}
+
+
+def _scheduled_entries(config: ml_collections.ConfigDict) -> list[str]:
+    return [n for n, e in _entries(config).items() if e.get("every_steps") or e.get("at_end")]
+
+
+def _no_labels_message(config: ml_collections.ConfigDict, names: list[str]) -> str:
+    """The one line that says why the label-based evaluators do not run, and how to run them."""
+    return (
+        f"evaluators skipped ({', '.join(names)}): {config.data.dataset} "
+        f"{config.data.train_split} has no labels. Point them at labelled data: "
+        "--config.data.folder_labels=True (subfolders as classes), a split/label/ folder, or "
+        "after training --mode=knn/linear_eval/baselines with --config.data.dataset=<tfds name "
+        "or folder>."
+    )
 
 
 def build_evaluators(

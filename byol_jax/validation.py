@@ -13,6 +13,8 @@ import ml_collections
 
 from byol_jax import models
 
+PATH_DATASETS = ("folder", "packed")  # data.dataset values that read data.folder
+
 DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", *models.CONV_IMPLS)
 TRANSFER_GUARDS = ("allow", "log", "disallow", "log_explicit", "disallow_explicit")
@@ -125,7 +127,22 @@ def validate_config(
     for key in ("projector_hidden_dim", "projector_dim", "predictor_hidden_dim"):
         _check(config, f"model.{key}", lambda v: _is_int(v) and v > 0, "a positive integer")
 
-    dataset = _check(config, "data.dataset", lambda v: isinstance(v, str) and v, "a tfds name")
+    dataset = _check(
+        config,
+        "data.dataset",
+        lambda v: isinstance(v, str) and v,
+        "a tfds name, 'folder' or 'packed'",
+    )
+    if dataset in PATH_DATASETS:
+        what = "a folder of images" if dataset == "folder" else "the --out of byol_jax.prepare"
+        _check(
+            config,
+            "data.folder",
+            lambda v: isinstance(v, str) and v.strip(),
+            f"the path of {what} (local or gs://) when data.dataset={dataset!r}",
+        )
+    if "folder_labels" in config.data:
+        _check(config, "data.folder_labels", lambda v: isinstance(v, bool), "True or False")
     _check(
         config, "data.image_size", lambda v: _is_int(v) and 8 <= v <= 1024, "an integer in 8..1024"
     )
@@ -195,10 +212,10 @@ def validate_config(
             "two probabilities (view 1, view 2) in [0, 1]",
         )
     # Last: it imports TensorFlow Datasets, which takes seconds; the other checks answer faster.
-    if known_datasets is not None and not known_datasets(dataset):
+    if dataset not in PATH_DATASETS and known_datasets is not None and not known_datasets(dataset):
         raise ConfigError(
             "data.dataset",
             dataset,
             "not a tfds dataset (e.g. fashion_mnist, mnist, cifar10, cifar100, stl10, "
-            "imagenet2012, imagenette)",
+            "imagenet2012, imagenette), 'folder' or 'packed'",
         )

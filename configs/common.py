@@ -58,8 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.conv_impl = "auto"  # "matmul" on CPU, "native" on GPU/TPU
 
     config.data = ml_collections.ConfigDict()
-    config.data.dataset = "imagenet2012"
+    config.data.dataset = "imagenet2012"  # a tfds name, "folder" or "packed" (docs/data.md)
     config.data.data_dir = ml_collections.config_dict.placeholder(str)
+    # dataset="folder": a folder of images (local or gs://); "packed": byol_jax.prepare's --out.
+    config.data.folder = ""
+    # Folders: first-level subfolders are the classes (a split/label/ layout is always detected).
+    config.data.folder_labels = False
     config.data.train_split = "train"
     config.data.eval_split = "validation"
     # Host resize: training keeps the whole image, longer side -> source_size, padded to a square

@@ -536,7 +536,7 @@ def test_crop_boxes_equal_previous_sampler(height, width, area_range):
 
 @pytest.mark.parametrize(("size", "channels", "out_size"), [(28, 1, 28), (40, 3, 24)])
 def test_views_without_valid_equal_the_previous_code(monkeypatch, size, channels, out_size):
-    """Sources of square images carry no ``valid`` (see input_pipeline), and their views are
+    """Sources of square images carry no ``valid`` (see byol_jax.data), and their views are
     bit for bit those of the previous code: the same pipeline compiled with the previous crop
     sampler patched back in gives identical arrays, so Fashion-MNIST / CIFAR results stand."""
     images = _images(8, 64, size, channels)

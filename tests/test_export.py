@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import byol_jax
-from byol_jax import checkpoint, export, features, input_pipeline, train
+from byol_jax import checkpoint, export, features, train
+from byol_jax import data as input_pipeline
 from configs import smoke
 
 

@@ -49,7 +49,8 @@ def _parsed_config(override: str, monkeypatch):
 
 @pytest.mark.parametrize("override, expected", BAD_VALUES)
 def test_bad_values_are_refused_by_validation(override, expected, monkeypatch):
-    from byol_jax import input_pipeline, validation
+    from byol_jax import data as input_pipeline
+    from byol_jax import validation
 
     config = _parsed_config(override, monkeypatch)
     with pytest.raises(validation.ConfigError) as error:

@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from byol_jax.data_errors import DatasetError
+from byol_jax.data.errors import DatasetError
 
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 

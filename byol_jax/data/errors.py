@@ -1,4 +1,4 @@
-"""The data layer's one exception type, shared by the IDX reader and the input pipeline."""
+"""The data layer's one exception type, shared by every source and stream."""
 
 
 class DatasetError(ValueError):

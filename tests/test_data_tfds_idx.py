@@ -1,4 +1,4 @@
-"""Tests for byol_jax.input_pipeline and byol_jax.idx_data.
+"""Tests for the data layer on tfds and IDX sources (byol_jax.data).
 
 Three data paths are exercised without network access:
 * the offline IDX fallback, using the real Fashion-MNIST files of the Debian package
@@ -18,8 +18,9 @@ import struct
 import numpy as np
 import pytest
 
-from byol_jax import idx_data
-from byol_jax import input_pipeline as ip
+from byol_jax import data as ip
+from byol_jax.data import idx as idx_data
+from byol_jax.data import tf_env
 
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -475,8 +476,10 @@ def test_prepared_tfds_whole_image_resize_and_padding(tiny_data_dir):
         assert tuple(valid) == expected and max(expected) == size
         assert abs(expected[1] / expected[0] - w / h) < 0.1  # aspect kept, to rounding
         assert not image[valid[0] :].any() and not image[:, valid[1] :].any()  # zero padding
-        # The image part is a plain resize of the whole original (nothing cropped away).
-        resized = tf.image.resize(raw[label], expected, method="bilinear", antialias=True)
+        # The image part is a plain resize of the whole original (nothing cropped away),
+        # bilinear and antialiased only when shrinking by more than 2x (byol_jax.data.decode).
+        antialias = scale < 0.5
+        resized = tf.image.resize(raw[label], expected, method="bilinear", antialias=antialias)
         ref = np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
         np.testing.assert_array_equal(image[: valid[0], : valid[1]], ref)
 
@@ -624,7 +627,7 @@ def test_missing_data_gives_instructions(tmp_path, no_download):
 
 
 def test_tensorflow_sees_no_accelerators():
-    ip._hide_accelerators_from_tf()
+    tf_env.hide_accelerators_from_tf()
     assert tf.config.get_visible_devices("GPU") == []
 
 
