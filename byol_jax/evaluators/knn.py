@@ -39,6 +39,7 @@ from byol_jax.evaluators.base import EvalData
 
 DEFAULT_K = 200
 DEFAULT_TEMPERATURE = 0.1
+SIMILARITY_BYTES = 1 << 28  # the largest block of query x bank similarities per device
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -225,9 +226,10 @@ def sharded_knn(
     """Top-1/top-5 of the weighted kNN vote, the bank split over all devices (module docstring).
 
     ``bank``/``queries``: this process's rows (every process calls this with its own; all get
-    the same metrics). ``chunk_size``: queries scored per call over all devices (bounds the
-    per-device similarity block to ``chunk_size x bank rows per device``). ``return_scores``
-    adds this process's class scores [query rows, num_classes] (padding rows included).
+    the same metrics). ``chunk_size``: queries scored per call over all devices (the per-device
+    similarity block is ``chunk_size x bank rows per device``, capped at ``SIMILARITY_BYTES``).
+    ``return_scores`` adds this process's class scores [query rows, num_classes] (padding rows
+    included).
     """
     if temperature <= 0 or k < 1:
         raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
@@ -237,12 +239,16 @@ def sharded_knn(
     if labelled == 0:
         raise ValueError("kNN needs at least one labelled training example")
     devices = parallel.local_device_count()
-    bank_rows = -(-len(bank.labels) // devices) * devices
-    bank_x = _pad_rows(_normalize(bank.features), bank_rows)
-    bank_y = _pad_rows(bank.labels.astype(np.int32), bank_rows, -1)
+    local_rows = -(-len(bank.labels) // devices) * devices
+    bank_rows = local_rows // devices  # per device
+    bank_x = _pad_rows(_normalize(bank.features), local_rows)
+    bank_y = _pad_rows(bank.labels.astype(np.int32), local_rows, -1)
     device_bank = parallel.shard_batch({"x": bank_x, "y": bank_y})
 
-    per_device = max(1, chunk_size // parallel.global_device_count())
+    # Queries per device and call: chunk_size over all devices, and at most SIMILARITY_BYTES of
+    # similarities per device (on CPU that block is host memory).
+    every = parallel.global_device_count()
+    per_device = max(1, min(chunk_size // every, SIMILARITY_BYTES // (4 * every * bank_rows)))
     per_call = per_device * devices
     # Every process makes the same number of calls (query rows are equal on all processes).
     calls = max(1, parallel.max_over_processes(-(-len(queries.labels) // per_call)))

@@ -427,9 +427,12 @@ class _Plan:
     steps_per_epoch: int
     shards: int
     window: int
+    example_bytes: int = 0  # host bytes of one input (image or feature vector)
 
 
-def _plan(keeps: list[np.ndarray], *, batch_size: int, shards: int, window: int) -> _Plan:
+def _plan(
+    keeps: list[np.ndarray], *, batch_size: int, shards: int, window: int, example_bytes: int
+) -> _Plan:
     """The global batch: a multiple of the shard count and of all devices; no larger than the
     kept examples allow (every step takes batch/shards examples from every shard)."""
     unit = math.lcm(shards, parallel.global_device_count())
@@ -442,7 +445,7 @@ def _plan(keeps: list[np.ndarray], *, batch_size: int, shards: int, window: int)
             f"training examples, so {shards} shards allow at most {fewest * shards}"
         )
     piece = batch // shards
-    return _Plan(batch, piece, fewest // piece, shards, window)
+    return _Plan(batch, piece, fewest // piece, shards, window, example_bytes)
 
 
 def _fit(
@@ -463,8 +466,12 @@ def _fit(
         _init_state(spec, encoder_variables, dim, peak_lr=peak_lr, total_steps=total)
     )
     train_fn, _ = _mapped_fns(spec)
-    # Calls of near-equal length that tile an epoch (few masked padding steps at its end).
-    calls_per_epoch = -(-plan.steps_per_epoch // max(1, steps_per_call))
+    # Calls of near-equal length that tile an epoch (few masked padding steps at its end). With
+    # images as inputs (the encoder runs every step) one call's batches stay within CHUNK_BYTES:
+    # the dispatch saved by longer scans is small next to an encoder forward.
+    step_bytes = plan.example_bytes * plan.batch // jax.process_count()
+    steps_per_call = max(1, min(steps_per_call, CHUNK_BYTES // max(step_bytes, 1)))
+    calls_per_epoch = -(-plan.steps_per_epoch // steps_per_call)
     chunk_steps = -(-plan.steps_per_epoch // calls_per_epoch)
     done, start, last_log = 0, time.time(), time.time()
     for epoch in range(epochs):
@@ -555,7 +562,11 @@ def _evaluate(
     """Shared driver of ``linear_evaluation`` and ``linear_evaluation_on_features``."""
     selection = _Selection(train_sources)
     keeps = selection.local(_labelled(selection.labels, label_fraction, spec.seed))
-    plan = _plan(keeps, batch_size=batch_size, shards=shards, window=shuffle_window)
+    sizes = dict(
+        batch_size=batch_size, shards=shards, window=shuffle_window,
+        example_bytes=int(np.prod(example[0])) * np.dtype(example[1]).itemsize,
+    )  # fmt: skip
+    plan = _plan(keeps, **sizes)
     eval_batch = features.device_multiple(eval_batch_size)
     fit = functools.partial(
         _fit, spec, encoder_variables, dim=dim, epochs=epochs, steps_per_call=steps_per_call
@@ -570,7 +581,7 @@ def _evaluate(
         held[chosen[order[: max(1, int(round(holdout_fraction * len(chosen))))]]] = True
         held_keeps = selection.local(held)
         fit_keeps = [k & ~h for k, h in zip(keeps, held_keeps, strict=True)]
-        fit_plan = _plan(fit_keeps, batch_size=batch_size, shards=shards, window=shuffle_window)
+        fit_plan = _plan(fit_keeps, **sizes)
         for lr in lr_sweep:
             state = fit(train_sources, fit_keeps, plan=fit_plan, peak_lr=lr * fit_plan.batch / 256)
             result = _accuracy(spec, state, train_sources, held_keeps, example, eval_batch)
@@ -662,7 +673,8 @@ def _check_common(epochs: int, num_classes: int) -> None:
 
 
 DEFAULT_SHARDS = 16  # shards of the linear protocol's splits (a multiple of the process count)
-DEFAULT_SHUFFLE_WINDOW = 4096  # examples per shard permuted together each epoch
+DEFAULT_SHUFFLE_WINDOW = 1024  # examples per shard permuted together each epoch
+CHUNK_BYTES = 1 << 28  # host inputs of one training call (steps_per_call capped to fit)
 
 
 def _as_shards(split: features.SplitShards | LabeledImages, shards: int) -> features.SplitShards:
