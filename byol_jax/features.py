@@ -1,10 +1,15 @@
 """The one feature path: an encoder from an explicit spec, and the embeddings of a split.
 
-Every evaluator (probe, kNN, linear, baselines) and the export go through ``embed_images``:
-the deterministic eval view (central crop, bicubic resize, normalization), the encoder in
-inference mode (BatchNorm moving averages), padded and sharded over the local devices with
-``flax.jax_utils.pad_shard_unpad`` and split over processes: each process embeds its own slice
-of the split and ``multihost_utils.process_allgather`` hands every process all the rows.
+Evaluators read a split as ``SplitShards`` (each process its own contiguous shards, streamed
+from the input pipeline, or replayed from memory when the process's share is at most
+``IN_MEMORY_BYTES`` of decoded images) and embed it with ``embed_split``: the deterministic eval
+view (central crop, bicubic resize, normalization), the encoder in inference mode (BatchNorm
+moving averages), over the local devices. The features stay on the process that computed them
+(``LocalFeatures``); evaluators combine them with collectives over all devices (kNN candidate
+merge, sums of losses and counts), never by gathering them.
+
+``embed_images`` (host images, every process gets all rows via ``process_allgather``) and
+``load_split`` (a whole split in memory) remain for the export and small data.
 
 No config and no Orbax here: callers pass an ``EncoderSpec`` (or a module) and variables.
 """

@@ -257,39 +257,50 @@ def _sharded_fns(max_iter: int):
     return solve, parallel.map_function(_sharded_correct, in_axes=(None, 0, 0, 0))
 
 
-def _standardizer(x: np.ndarray, rows: np.ndarray) -> Standardizer:
-    """``Standardizer.fit`` of the selected rows of every process (float64 sums)."""
-    x = np.asarray(x[rows], np.float64)
-    count = parallel.sum_over_processes(np.float64(len(x)))
-    mean = parallel.sum_over_processes(x.sum(axis=0)) / count
-    std = np.sqrt(parallel.sum_over_processes(((x - mean) ** 2).sum(axis=0)) / count)
+def _standardizer(x: np.ndarray, rows: np.ndarray, block: int = 4096) -> Standardizer:
+    """``Standardizer.fit`` of the selected rows of every process (float64 sums, in blocks so
+    that no float64 copy of all features is made)."""
+    index = np.flatnonzero(rows)
+
+    def blocks():
+        for i in range(0, len(index), block):
+            yield x[index[i : i + block]].astype(np.float64)
+
+    count = parallel.sum_over_processes(np.float64(len(index)))
+    total = sum((b.sum(axis=0) for b in blocks()), np.zeros(x.shape[1]))
+    mean = parallel.sum_over_processes(total) / count
+    squares = sum((((b - mean) ** 2).sum(axis=0) for b in blocks()), np.zeros(x.shape[1]))
+    std = np.sqrt(parallel.sum_over_processes(squares) / count)
     return Standardizer(mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
 
 
-def _on_devices(x: np.ndarray, y: np.ndarray, weight: np.ndarray) -> tuple[jax.Array, ...]:
+def _on_devices(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """Rows onto the devices once per standardization (every fit and score reuses them)."""
     y = np.where(y >= 0, y, 0).astype(np.int32)  # padding rows carry weight 0
-    return tuple(parallel.shard_rows((x.astype(np.float32), y, weight.astype(np.float32))))
+    return parallel.shard_rows(x.astype(np.float32, copy=False)), parallel.shard_rows(y)
 
 
-def _sharded_fit(x, y, weight, *, num_classes, l2, tol, max_iter, init=None) -> Fit:
+def _sharded_fit(rows, weight, *, num_classes, l2, tol, max_iter, init=None) -> Fit:
     total = parallel.sum_over_processes(np.float64(weight.sum()))
     params = init or {
-        "w": np.zeros((x.shape[1], num_classes), np.float32),
+        "w": np.zeros((rows[0].shape[-1], num_classes), np.float32),
         "b": np.zeros((num_classes,), np.float32),
     }
     solve, _ = _sharded_fns(int(max_iter))
+    weights = parallel.shard_rows(weight.astype(np.float32))
     out, count, norm = solve(
-        params, *_on_devices(x, y, weight), np.float32(total), np.float32(l2), np.float32(tol)
+        params, *rows, weights, np.float32(total), np.float32(l2), np.float32(tol)
     )
     out = jax.tree.map(lambda a: np.asarray(a[0]), out)
     norm = float(np.asarray(norm)[0])
     return Fit(out["w"], out["b"], float(l2), int(np.asarray(count)[0]), norm, norm < tol)
 
 
-def _sharded_accuracy(fit_: Fit, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> float:
+def _sharded_accuracy(fit_: Fit, rows, y: np.ndarray, selected: np.ndarray) -> float:
     _, correct = _sharded_fns(1)
     params = {"w": fit_.weights, "b": fit_.bias}
-    counts = parallel.fetch(correct(params, *_on_devices(x, y, rows & (y >= 0))))
+    weights = parallel.shard_rows((selected & (y >= 0)).astype(np.float32))
+    counts = parallel.fetch(correct(params, *rows, weights))
     return float(counts["correct"]) / max(int(counts["count"]), 1)
 
 
@@ -323,17 +334,19 @@ def select_and_fit_sharded(
     scores: dict[str, float] = {}
     common = dict(num_classes=num_classes, tol=tol, max_iter=max_iter)
     if len(grid) > 1:
-        scale = _standardizer(x, fit_rows)
+        rows = _on_devices(_standardizer(x, fit_rows)(x), y)
         previous = None
         for l2 in grid:
             init = previous and {"w": previous.weights, "b": previous.bias}
-            previous = _sharded_fit(scale(x), y, fit_rows, l2=l2, init=init, **common)
-            scores[repr(l2)] = _sharded_accuracy(previous, scale(x), y, held)
+            previous = _sharded_fit(rows, fit_rows, l2=l2, init=init, **common)
+            scores[repr(l2)] = _sharded_accuracy(previous, rows, y, held)
+        del rows  # frees the device copy before the next one
     best = max(grid, key=lambda l2: scores.get(repr(l2), 0.0))
     scale = _standardizer(x, labelled)
-    final = _sharded_fit(scale(x), y, labelled, l2=best, **common)
+    final = _sharded_fit(_on_devices(scale(x), y), labelled, l2=best, **common)
+    test_rows = _on_devices(scale(test.features), test.labels)
     return {
-        "top1": _sharded_accuracy(final, scale(test.features), test.labels, test.mask),
+        "top1": _sharded_accuracy(final, test_rows, test.labels, test.mask),
         "l2": best,
         "holdout_top1": scores,
         "iterations": final.iterations,
