@@ -9,7 +9,7 @@ what grows with N is only what the evaluator keeps. The encoder is ``resnet_tiny
 features, matmul convolutions) so that CPU time stays small; ``--mode=linear`` is the linear
 evaluator with augmentation (the ``--mode=linear_eval`` path without the checkpoint restore),
 ``knn`` the kNN evaluator, ``table`` the baselines table (l2 grid of one value, kNN k=20).
-Prints one JSON line.
+Prints one JSON line (per process: ``--num_processes=2 --process_id=0|1`` on localhost).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ flags.DEFINE_integer("test", 5_000, "Test-split images.")
 flags.DEFINE_integer("size", 64, "Image side (pixels).")
 flags.DEFINE_integer("in_memory_bytes", 0, "Per-process share kept in memory (0: stream).")
 flags.DEFINE_integer("epochs", 1, "Linear evaluation epochs.")
+flags.DEFINE_integer("num_processes", 1, "Processes (each reports its own peak RSS).")
+flags.DEFINE_integer("process_id", 0, "This process's index.")
+flags.DEFINE_string("coordinator", "localhost:12355", "Coordinator address when several.")
 
 
 def _reader(total: int, size: int, seed: int):
@@ -44,9 +47,14 @@ def _reader(total: int, size: int, seed: int):
         for start in range(0, -(-largest // batch_size) * batch_size, batch_size):
             rows = np.arange(lo + start, lo + start + batch_size)
             mask = rows < hi
-            rng = np.random.default_rng([seed, index, start])
             labels = (rows % 10).astype(np.int32)
-            images = rng.integers(0, 160, (batch_size, size, size, 3), dtype=np.uint8)
+            # Each image from its own global index: the same split for any shard count.
+            images = np.stack(
+                [
+                    np.random.default_rng([seed, row]).integers(0, 160, (size, size, 3), np.uint8)
+                    for row in rows
+                ]
+            )
             # A class-dependent tint, so that the metrics are not just chance.
             images[np.arange(batch_size), :, :, labels % 3] += (24 * (labels // 3)).astype(
                 np.uint8
@@ -58,6 +66,9 @@ def _reader(total: int, size: int, seed: int):
 
 def main(argv: list[str]) -> None:
     del argv
+    if FLAGS.num_processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     readers = {
         "train": _reader(FLAGS.train, FLAGS.size, 0),
         "test": _reader(FLAGS.test, FLAGS.size, 1),
