@@ -1,10 +1,15 @@
 """The one feature path: an encoder from an explicit spec, and the embeddings of a split.
 
-Every evaluator (probe, kNN, linear, baselines) and the export go through ``embed_images``:
-the deterministic eval view (central crop, bicubic resize, normalization), the encoder in
-inference mode (BatchNorm moving averages), padded and sharded over the local devices with
-``flax.jax_utils.pad_shard_unpad`` and split over processes: each process embeds its own slice
-of the split and ``multihost_utils.process_allgather`` hands every process all the rows.
+Evaluators read a split as ``SplitShards`` (each process its own contiguous shards, streamed
+from the input pipeline, or replayed from memory when the process's share is at most
+``IN_MEMORY_BYTES`` of decoded images) and embed it with ``embed_split``: the deterministic eval
+view (central crop, bicubic resize, normalization), the encoder in inference mode (BatchNorm
+moving averages), over the local devices. The features stay on the process that computed them
+(``LocalFeatures``); evaluators combine them with collectives over all devices (kNN candidate
+merge, sums of losses and counts), never by gathering them.
+
+``embed_images`` (host images, every process gets all rows via ``process_allgather``) and
+``load_split`` (a whole split in memory) remain for the export and small data.
 
 No config and no Orbax here: callers pass an ``EncoderSpec`` (or a module) and variables.
 """
@@ -14,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import flax.jax_utils
@@ -268,3 +273,164 @@ def random_variables(encoder: nn.Module, image_size: int, seed: int = 0) -> dict
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     init = jax.jit(lambda key: encoder.init(key, dummy, train=False))
     return dict(jax.device_get(init(jax.random.key(seed))))
+
+
+# ---- a split read per process, and its embeddings kept per process ----------------------------
+
+# Largest decoded share of a split (bytes of uint8 images per process) that an evaluator keeps in
+# host memory between passes; larger shares are read again from the input pipeline on every
+# pass. Both give exactly the same batches, so results do not depend on the choice.
+IN_MEMORY_BYTES = 1 << 30
+
+Batch = Mapping[str, np.ndarray]  # image uint8 [B, S, S, 3], label int32 [B], mask bool [B]
+ShardReader = Callable[[int, int], Iterable[Batch]]  # (shard index, shard count) -> batches
+
+
+class SplitShards:
+    """This process's share of a split: ``num_shards`` contiguous virtual shards, of which
+    process ``p`` of ``P`` owns ``[p * S / P, (p + 1) * S / P)``.
+
+    ``read(index, count)`` is ``input_pipeline.eval_batches`` with ``process_index=index,
+    process_count=count``: every shard yields the same number of equal-size batches (padding
+    masked), so all processes make the same number of device calls. Shards make the order of a
+    split's examples (shard-major) independent of the process count, which is what lets the
+    linear protocol draw the same global batches on any number of processes.
+
+    ``in_memory`` (the share's decoded images fit ``in_memory_bytes``): the first pass over a
+    shard keeps its batches, later passes replay them; otherwise every pass streams again.
+    """
+
+    def __init__(
+        self,
+        read: ShardReader,
+        *,
+        num_examples: int,
+        example_bytes: int,
+        num_shards: int = 0,
+        in_memory_bytes: int = IN_MEMORY_BYTES,
+        name: str = "",
+    ):
+        processes, index = jax.process_count(), jax.process_index()
+        num_shards = int(num_shards or processes)
+        if num_shards < 1 or num_shards % processes:
+            raise ValueError(
+                f"{num_shards} shards of split {name!r} cannot be shared by {processes} "
+                "processes: the shard count must be a positive multiple of the process count"
+            )
+        if num_examples < num_shards:
+            raise ValueError(f"split {name!r} has {num_examples} examples for {num_shards} shards")
+        self.read, self.name = read, name
+        self.num_examples, self.num_shards = int(num_examples), num_shards
+        per_process = num_shards // processes
+        self.owned = range(index * per_process, (index + 1) * per_process)
+        self.local_bytes = example_bytes * -(-num_examples // num_shards) * per_process
+        self.in_memory = self.local_bytes <= in_memory_bytes
+        self._cache: dict[int, list[Batch]] = {}
+        self._labels: dict[int, np.ndarray] = {}
+
+    def batches(self, shard: int) -> Iterator[Batch]:
+        """One pass over an owned shard, in order (padding rows have ``mask`` False)."""
+        if shard not in self.owned:
+            raise ValueError(f"shard {shard} of {self.name!r} belongs to another process")
+        if not self.in_memory:
+            return iter(self.read(shard, self.num_shards))
+        if shard not in self._cache:
+            self._cache[shard] = [
+                {key: np.asarray(value) for key, value in batch.items()}
+                for batch in self.read(shard, self.num_shards)
+            ]
+        return iter(self._cache[shard])
+
+    def labels(self, shard: int) -> np.ndarray:
+        """Labels of the real examples of an owned shard, in order (one pass, then cached)."""
+        if shard not in self._labels:
+            parts = [np.asarray(b["label"])[np.asarray(b["mask"])] for b in self.batches(shard)]
+            self._labels[shard] = np.concatenate(parts).astype(np.int32)
+        return self._labels[shard]
+
+    @classmethod
+    def from_arrays(
+        cls, images: np.ndarray, labels: np.ndarray, *, num_shards: int = 0, batch_size: int = 256
+    ) -> SplitShards:
+        """Host arrays (the same on every process) read as shards: for tests and small data."""
+        images = np.asarray(images)
+        shards = int(num_shards or jax.process_count())
+        batch = min(device_multiple(batch_size), device_multiple(-(-len(images) // shards)))
+        example_bytes = int(np.prod(images.shape[1:])) * images.dtype.itemsize
+        # The arrays are in memory already: slicing them again is the cheap "stream".
+        return cls(
+            lambda index, count: read_arrays(images, labels, index, count, batch),
+            num_examples=len(images), example_bytes=example_bytes, num_shards=shards,
+            in_memory_bytes=0,
+        )  # fmt: skip
+
+
+def read_arrays(
+    images: np.ndarray, labels: np.ndarray, index: int, count: int, batch_size: int
+) -> Iterator[Batch]:
+    """``eval_batches``' contract on host arrays: shard ``index`` of ``count`` contiguous,
+    near-equal shards, in batches of ``batch_size``, the same number for every shard."""
+    total = len(images)
+    largest = -(-total // count)
+    lo, hi = index * total // count, (index + 1) * total // count
+    for start in range(0, -(-largest // batch_size) * batch_size, batch_size):
+        rows = np.arange(lo + start, lo + start + batch_size)
+        mask = rows < hi
+        rows = np.where(mask, rows, lo)
+        image = np.where(mask[:, None, None, None], np.asarray(images)[rows], 0)
+        label = np.where(mask, np.asarray(labels)[rows], 0)
+        yield {"image": image.astype(images.dtype), "label": label.astype(np.int32), "mask": mask}
+
+
+class LocalFeatures(NamedTuple):
+    """This process's rows of a split's embeddings: its owned shards, each padded to
+    ``shard_rows`` rows (equal for every shard and process), in shard order.
+
+    Rows of all processes in process order are the whole split (plus padding); no process holds
+    another's rows. ``labels`` are -1 on padding rows (and on unlabelled examples).
+    """
+
+    features: np.ndarray  # float32 [owned shards * shard_rows, D]
+    labels: np.ndarray  # int32 [rows]
+    mask: np.ndarray  # bool [rows]: a real example
+    shard_rows: int
+    num_examples: int  # real examples over all processes
+
+    def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of the real examples of the ``i``-th owned shard."""
+        rows = slice(i * self.shard_rows, (i + 1) * self.shard_rows)
+        keep = self.mask[rows]
+        return self.features[rows][keep], self.labels[rows][keep]
+
+
+def embed_split(
+    encoder: nn.Module,
+    variables: Mapping[str, Any],
+    split: SplitShards,
+    view: View,
+    *,
+    replicated: bool = False,
+) -> LocalFeatures:
+    """Features of this process's shards of ``split`` on its local devices (nothing gathered)."""
+    if not replicated:
+        variables = parallel.replicate(dict(variables))
+    fn = _encode_fn(encoder, view)
+    feats, labels, masks, rows = [], [], [], set()
+    for shard in split.owned:
+        count = 0
+        for batch in split.batches(shard):
+            mask = np.asarray(batch["mask"], bool)
+            feats.append(fn(variables, np.asarray(batch["image"])))
+            labels.append(np.where(mask, np.asarray(batch["label"]), -1).astype(np.int32))
+            masks.append(mask)
+            count += len(mask)
+        rows.add(count)
+    if len(rows) != 1:
+        raise ValueError(f"shards of {split.name!r} gave unequal row counts {sorted(rows)}")
+    return LocalFeatures(
+        np.concatenate(feats).astype(np.float32),
+        np.concatenate(labels),
+        np.concatenate(masks),
+        rows.pop(),
+        split.num_examples,
+    )

@@ -193,3 +193,107 @@ def global_example_index(local_batch_size: int) -> jax.Array:
     """Index of each local example in the global batch; independent of the device layout."""
     device = jax.lax.axis_index(AXIS_NAME)
     return device * local_batch_size + jnp.arange(local_batch_size)
+
+
+# ---- per-process rows of a globally sharded set (evaluation features) -------------------------
+
+
+def shard_rows(rows: Any, multiple: int = 1) -> Any:
+    """This process's rows [n, ...] → [local devices, m, ...] (zero-padded, m % multiple == 0).
+
+    With the pmapped functions below, the rows of all processes together form one global array
+    split over every device (process-major, as ``global_example_index`` orders examples); no
+    process ever holds the others' rows. Callers mark padding rows themselves (e.g. label -1).
+    """
+    count = jax.local_device_count()
+
+    def put(x: np.ndarray) -> jax.Array:
+        x = np.asarray(x)
+        per_device = -(-x.shape[0] // count)
+        per_device = max(multiple, -(-per_device // multiple) * multiple)
+        padded = np.zeros((count * per_device, *x.shape[1:]), x.dtype)
+        padded[: x.shape[0]] = x
+        return shard_batch(padded)
+
+    return jax.tree.map(put, rows)
+
+
+def unshard_rows(x: jax.Array) -> np.ndarray:
+    """[local devices, m, ...] mapped output → host [local devices * m, ...] of this process."""
+    x = np.asarray(x)
+    return x.reshape(-1, *x.shape[2:])
+
+
+def max_over_processes(value: int) -> int:
+    """The largest ``value`` of any process (e.g. a row count every process must pad to)."""
+    return int(np.max(gather_from_processes(np.int64(value))))
+
+
+def sum_over_processes(value: np.ndarray) -> np.ndarray:
+    """Elementwise sum of ``value`` over processes (small host arrays: counts, moments)."""
+    return np.sum(gather_from_processes(np.asarray(value)), axis=0)
+
+
+# ---- used inside mapped functions (collectives over every device of every process) ------------
+
+
+def device_index() -> jax.Array:
+    """This device's position on the mapped axis (process-major across processes)."""
+    return jax.lax.axis_index(AXIS_NAME)
+
+
+def gather_over_devices(x: jax.Array) -> jax.Array:
+    """Every device's ``x`` [n, ...] concatenated in device order: [devices * n, ...] on all."""
+    if jax.lax.axis_size(AXIS_NAME) == 1:
+        return x
+    return jax.lax.all_gather(x, AXIS_NAME, tiled=True)
+
+
+def exchange_over_devices(x: jax.Array) -> jax.Array:
+    """All-to-all: block ``j`` of ``x`` [devices, ...] goes to device ``j``; the result's block
+    ``i`` is what device ``i`` sent here (e.g. candidates for this device's own queries)."""
+    if jax.lax.axis_size(AXIS_NAME) == 1:
+        return x
+    return jax.lax.all_to_all(x, AXIS_NAME, split_axis=0, concat_axis=0, tiled=True)
+
+
+# Full-batch objectives whose data is split over devices: ``global_sum`` of per-device partial
+# sums gives every device the global value, and ``shared`` marks parameters that are one value
+# held on every device. Their gradients are written out (not left to psum's own transpose, which
+# under pmap hands each device the cotangent summed over devices): the gradient of
+# ``global_sum(f(shared(p)))`` is the sum over devices of each device's own gradient, the same
+# on every device, so optimizers that differentiate a value function (line searches) see it too.
+
+
+@jax.custom_vjp
+def global_sum(x: Any) -> Any:
+    """Sum of ``x`` over every device of every process; its gradient stays per device."""
+    return jax.lax.psum(x, AXIS_NAME)
+
+
+def _global_sum_fwd(x: Any) -> tuple[Any, None]:
+    return global_sum(x), None
+
+
+def _global_sum_bwd(_: None, g: Any) -> tuple[Any]:
+    return (g,)
+
+
+global_sum.defvjp(_global_sum_fwd, _global_sum_bwd)
+
+
+@jax.custom_vjp
+def shared(tree: Any) -> Any:
+    """Identity on parameters held identically on every device; their gradient is summed."""
+    return tree
+
+
+def _shared_fwd(tree: Any) -> tuple[Any, None]:
+    return tree, None
+
+
+def _shared_bwd(_: None, g: Any) -> tuple[Any]:
+    return (jax.lax.psum(g, AXIS_NAME),)
+
+
+shared.defvjp(_shared_fwd, _shared_bwd)

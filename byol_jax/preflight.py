@@ -21,7 +21,12 @@ A TPU compile that runs out of HBM fails inside XLA; that is reported as ``fits:
 ``--max_batch`` searches the largest per-chip batch (a multiple of ``--batch_multiple``) that
 fits: two compiles give a linear fit of memory against batch, whose prediction seeds a
 bisection over further compiles (usually 2-4 more). ``--step=linear_eval`` compiles the linear
-evaluation's training call instead (frozen encoder, ``config.evals.linear.batch_size``).
+evaluation's training call instead (frozen encoder, ``config.evals.linear.batch_size``);
+``--step=embed`` the evaluators' feature extraction (eval view + encoder in inference mode,
+``config.data.eval_batch_size`` per process); ``--step=knn`` one call of the sharded kNN
+(``evaluators.knn.sharded_knn``: a bank of ImageNet train size split over the chips, its
+``chunk_size`` queries per call, ``config.evals.knn.k``). The per-chip batch of ``knn`` is its
+queries per chip.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from byol_jax import accelerators, flop_count, models, parallel, train
+from byol_jax import accelerators, features, flop_count, models, parallel, train
+from byol_jax.evaluators import knn as knn_eval
 from byol_jax.evaluators import linear as linear_eval
 
 DEFAULT_NUM_CLASSES = 1000
@@ -47,6 +53,11 @@ LINEAR_EVAL_STEPS_PER_CALL = 50
 # Backend optimizations off: compiles ~2x faster; buffer assignment (the memory figures) is
 # the same (checked for the smoke and ResNet-50 steps on TPU and GPU, see the README).
 FAST_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def _chips_per_host() -> int:
+    # eval_batch_size is per process; a TPU host drives 4 chips (v4/v5e/v5p/v6e hosts: 4 or 8).
+    return 4
 
 
 class PreflightError(ValueError):
@@ -149,6 +160,74 @@ def linear_eval_program(
     return mapped, (_replicated(classifier, count), chunk)
 
 
+def embed_program(
+    config: ml_collections.ConfigDict,
+    devices: Sequence[Any],
+    backend: str,
+    per_chip_batch: int,
+    *,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+) -> tuple[Callable, tuple[Any, ...]]:
+    """The evaluators' feature extraction (``features.embed_split``'s mapped call)."""
+    experiment = train.build_experiment(
+        config, num_classes=num_classes, num_train_examples=DEFAULT_NUM_TRAIN_EXAMPLES,
+        backend=backend,
+    )  # fmt: skip
+    encoder = experiment.online_net.encoder
+    state = abstract_state(experiment, config.seed)
+    variables = {
+        "params": state.online_params["encoder"],
+        "batch_stats": state.online_batch_stats["encoder"],
+    }
+    view = train.eval_view(config)
+
+    def encode(v: Any, images: jax.Array) -> jax.Array:
+        return encoder.apply(v, features.eval_views(images, view), train=False)
+
+    count, size = len(devices), config.data.source_size
+    images = jax.ShapeDtypeStruct((count, per_chip_batch, size, size, 3), jnp.uint8)
+    mapped = parallel.map_function(encode, devices=devices)
+    return mapped, (_replicated(variables, count), images)
+
+
+def knn_program(
+    config: ml_collections.ConfigDict,
+    devices: Sequence[Any],
+    backend: str,
+    per_chip_batch: int,
+    *,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    bank_examples: int = DEFAULT_NUM_TRAIN_EXAMPLES,
+) -> tuple[Callable, tuple[Any, ...]]:
+    """One call of the sharded kNN: ``per_chip_batch`` queries per chip against the bank."""
+    experiment = train.build_experiment(
+        config, num_classes=num_classes, num_train_examples=DEFAULT_NUM_TRAIN_EXAMPLES,
+        backend=backend,
+    )  # fmt: skip
+    dim = models.embedding_dim(experiment.online_net.encoder)
+    count = len(devices)
+    rows = -(-bank_examples // count)
+    options = config.evals.knn
+    fn = functools.partial(
+        knn_eval._sharded_chunk,
+        k=int(options.get("k", knn_eval.DEFAULT_K)),
+        num_classes=num_classes,
+        recall_target=float(options.get("recall_target", 1.0)),
+    )
+    mapped = parallel.map_function(fn, in_axes=(0, 0, 0, 0, None), devices=devices)
+    args = (
+        jax.ShapeDtypeStruct((count, rows, dim), jnp.float32),
+        jax.ShapeDtypeStruct((count, rows), jnp.int32),
+        jax.ShapeDtypeStruct((count, per_chip_batch, dim), jnp.float32),
+        jax.ShapeDtypeStruct((count, per_chip_batch), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.float32),
+    )
+    return mapped, args
+
+
+STEPS = ("train", "linear_eval", "embed", "knn")
+
+
 def _memory(compiled: Any) -> dict[str, int]:
     stats = compiled.memory_analysis()
     memory = {
@@ -235,7 +314,12 @@ def compile_once(
     num_classes: int = DEFAULT_NUM_CLASSES,
 ) -> dict[str, Any]:
     """Compile ``step`` for ``target`` at ``per_chip_batch``; the JSON-able report."""
-    build = train_step_program if step == "train" else linear_eval_program
+    build = {
+        "train": train_step_program,
+        "linear_eval": linear_eval_program,
+        "embed": embed_program,
+        "knn": knn_program,
+    }[step]
     chip = target.chip
     usable = int(chip.memory_bytes * chip.usable_fraction)
     report: dict[str, Any] = {
@@ -448,10 +532,17 @@ def run(
 
     With ``find_max_batch`` each compile's report also goes to ``on_report`` as it completes.
     """
-    if step not in ("train", "linear_eval"):
-        raise PreflightError(f"step {step!r} is invalid: one of ['train', 'linear_eval']")
+    if step not in STEPS:
+        raise PreflightError(f"step {step!r} is invalid: one of {list(STEPS)}")
     target = accelerators.parse_target(target_spec)
-    global_batch = int(config.batch_size if step == "train" else config.evals.linear.batch_size)
+    global_batch = int(
+        {
+            "train": config.batch_size,
+            "linear_eval": config.evals.linear.batch_size,
+            "embed": config.data.eval_batch_size * max(1, target.devices // _chips_per_host()),
+            "knn": config.evals.knn.get("chunk_size", 1024),
+        }[step]
+    )
     if step == "train" and global_batch % target.devices:
         raise PreflightError(
             f"batch_size {global_batch} does not divide over the {target.devices} devices of "
@@ -536,7 +627,7 @@ def _flags() -> dict[str, Any]:
             "target", None, f"Accelerator to compile for: {accelerators.allowed_targets()}."
         )
         holders["step"] = flags.DEFINE_enum(
-            "step", "train", ["train", "linear_eval"], "Which mapped step to compile."
+            "step", "train", list(STEPS), "Which mapped step to compile (module docstring)."
         )
         holders["max_batch"] = flags.DEFINE_bool(
             "max_batch",

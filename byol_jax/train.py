@@ -654,37 +654,42 @@ def eval_data(
     view: features.View | None = None,
 ) -> EvalData:
     """The data every evaluator draws on: splits of ``config.data`` at the evaluation source
-    size, each read into memory at most once per run."""
+    size, each process reading only its own shards (``features.SplitShards``); shares of at most
+    ``features.IN_MEMORY_BYTES`` decoded bytes per process are kept in memory between passes."""
     data = config.data
     size = int(source_size or data.source_size)
-    loaded: dict[str, features.LabeledImages] = {}
 
-    def load(split: str) -> features.LabeledImages:
-        if split not in loaded:
-            loaded[split] = features.load_split(
-                data.dataset, split, source_size=size, **input_pipeline.source_options(data)
-            )
-        return loaded[split]
-
-    def stream(split: str) -> Iterator[dict[str, np.ndarray]]:
+    def read(split: str, index: int, count: int, batch_size: int) -> Iterator[dict[str, Any]]:
         return input_pipeline.eval_batches(
             data.dataset,
             split,
-            batch_size=_eval_batch_size(data.eval_batch_size),
+            batch_size=batch_size,
             source_size=size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            process_index=index,
+            process_count=count,
             **input_pipeline.source_options(data),
         )
 
+    def num_examples(split: str) -> int:
+        info = input_pipeline.dataset_info(
+            data.dataset, split, source_size=size, **input_pipeline.source_options(data)
+        )
+        return info.num_examples
+
+    batch_size = _eval_batch_size(data.eval_batch_size)
     return EvalData(
-        load_split=load,
-        stream_split=stream,
+        read_shard=read,
+        num_examples=num_examples,
+        example_bytes=size * size * 3,
+        stream_split=lambda split: read(
+            split, jax.process_index(), jax.process_count(), batch_size
+        ),
         train_split=data.train_split,
         test_split=data.eval_split,
         num_classes=num_classes,
         view=view or eval_view(config),
         seed=config.seed,
+        batch_size=batch_size,
     )
 
 

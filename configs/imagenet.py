@@ -41,4 +41,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.zero_init_last_bn = True
     config.model.padding = "same"
     config.model.projection_shortcuts = True
+    # Evaluation at ImageNet scale (docs/evaluation_at_scale.md: time and memory per host). Every
+    # evaluator reads only its process's shards; shards=64 gives the same linear-protocol result
+    # on any process count dividing 64.
+    config.evals.linear.update(train_split="train", test_split="validation", shards=64)
+    config.evals.fine_tune.update(train_split="train", test_split="validation", shards=64)
+    # The bank is the whole train split: N x D / processes of features per host (2.6 GB on 4
+    # hosts), N x D / chips on each chip; queries are the 50k validation images.
+    config.evals.knn.update(train_split="train", test_split="validation")
+    # Raw pixels at 224 px are 150k-d features: the table keeps a 10k-image train subset.
+    config.evals.table.update(train_split="train[:10000]", test_split="validation[:10000]")
     return config

@@ -37,25 +37,42 @@ def tiny_encoder(size: int = 8):
     return encoder, dict(jax.device_get(init(jax.random.key(0))))
 
 
-def in_memory_data(splits: dict[str, features.LabeledImages], *, size: int, classes: int = 4):
-    """``EvalData`` over named in-memory splits ("train", "test"); streaming batches them."""
+def in_memory_data(
+    splits: dict[str, features.LabeledImages], *, size: int, classes: int = 4, **options
+) -> EvalData:
+    """``EvalData`` over named in-memory splits ("train", "test"), read per shard as
+    ``input_pipeline.eval_batches`` would (``features.read_arrays``)."""
 
-    def stream(name: str):
+    def read(name: str, index: int, count: int, batch_size: int):
         images, labels = splits[name]
-        for start in range(0, len(labels), 32):
-            count = min(32, len(labels) - start)
-            pad = 32 - count
-            yield {
-                "image": np.pad(images[start : start + count], ((0, pad), (0, 0), (0, 0), (0, 0))),
-                "label": np.pad(labels[start : start + count], (0, pad)),
-                "mask": np.arange(32) < count,
-            }
+        return features.read_arrays(images, labels, index, count, batch_size)
 
     return EvalData(
-        load_split=splits.__getitem__,
-        stream_split=stream,
+        read_shard=read,
+        num_examples=lambda name: len(splits[name].labels),
+        example_bytes=size * size * 3,
+        stream_split=lambda name: read(name, jax.process_index(), jax.process_count(), 32),
         train_split="train",
         test_split="test",
         num_classes=classes,
         view=features.View(size, 1.0, MEAN, STD),
+        batch_size=32,
+        **options,
+    )
+
+
+def local_features(x, y, *, shards: int, rows: int) -> features.LocalFeatures:
+    """Host rows as one process's ``LocalFeatures``: ``shards`` shards padded to ``rows`` each."""
+    feats, labels, masks = [], [], []
+    for part in np.array_split(np.arange(len(y)), shards):
+        pad = rows - len(part)
+        feats.append(np.pad(x[part], ((0, pad), (0, 0))))
+        labels.append(np.pad(y[part], (0, pad), constant_values=-1))
+        masks.append(np.arange(rows) < len(part))
+    return features.LocalFeatures(
+        np.concatenate(feats).astype(np.float32),
+        np.concatenate(labels).astype(np.int32),
+        np.concatenate(masks),
+        rows,
+        len(y),
     )

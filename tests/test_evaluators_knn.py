@@ -1,8 +1,8 @@
-"""Weighted kNN against a brute-force NumPy implementation."""
+"""Weighted kNN (host and sharded-bank implementations) against brute-force NumPy."""
 
 import numpy as np
 import pytest
-from evaluator_helpers import in_memory_data
+from evaluator_helpers import in_memory_data, local_features
 
 from byol_jax import features, parallel
 from byol_jax.evaluators import knn, registry
@@ -51,6 +51,49 @@ def test_accuracy_matches_brute_force_and_skips_unlabelled():
     assert result["top1"] == pytest.approx(np.mean(np.argmax(scores, 1) == test_labels))
     assert result["num_train_examples"] == 180 and result["k"] == 15
     assert result["top1"] > 0.8 and result["top5"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "k, temperature, chunk_size, recall",
+    [(20, 0.1, 64, 1.0), (1, 0.5, 8, 1.0), (500, 0.07, 1024, 1.0), (7, 0.1, 40, 0.9)],
+)
+def test_sharded_bank_matches_brute_force(k, temperature, chunk_size, recall):
+    # 300 bank rows in 5 shards over 8 devices (about 40 rows per device, k up to 500 > bank):
+    # per-device top-k and the candidate merge must give the exact single-bank vote.
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(300, 12)).astype(np.float32) * rng.uniform(0.5, 3, (300, 1))
+    labels = rng.integers(0, 6, 300).astype(np.int32)
+    labels[::17] = -1  # unlabelled: never a neighbour
+    queries = rng.normal(size=(70, 12)).astype(np.float32)
+    query_labels = rng.integers(0, 6, 70).astype(np.int32)
+    bank = local_features(train, labels, shards=5, rows=64)
+    query = local_features(queries, query_labels, shards=3, rows=24)
+    result = knn.sharded_knn(
+        bank, query, num_classes=6, k=k, temperature=temperature, chunk_size=chunk_size,
+        recall_target=recall, return_scores=True,
+    )  # fmt: skip
+    keep = labels >= 0
+    expected = _brute_force_scores(
+        train[keep], labels[keep], queries, num_classes=6, k=min(k, int(keep.sum())),
+        temperature=temperature,
+    )  # fmt: skip
+    got = result["scores"][query.mask]
+    np.testing.assert_allclose(got, expected, rtol=2e-4)
+    ranked = np.argsort(-expected, axis=1, kind="stable")
+    assert result["top1"] == pytest.approx(np.mean(ranked[:, 0] == query_labels))
+    assert result["top5"] == pytest.approx(
+        np.mean(np.any(ranked[:, :5] == query_labels[:, None], 1))
+    )
+    assert result["num_train_examples"] == keep.sum() and result["num_test_examples"] == 70
+
+
+def test_sharded_knn_rejects_bad_settings():
+    bank = local_features(np.ones((4, 3)), np.zeros(4, np.int32), shards=1, rows=4)
+    with pytest.raises(ValueError, match="recall_target"):
+        knn.sharded_knn(bank, bank, num_classes=2, recall_target=0.0)
+    with pytest.raises(ValueError, match="labelled"):
+        empty = bank._replace(labels=np.full(4, -1, np.int32))
+        knn.sharded_knn(empty, bank, num_classes=2)
 
 
 def test_knn_evaluator_embeds_its_splits_and_votes():

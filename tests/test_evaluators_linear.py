@@ -83,3 +83,39 @@ def test_linear_evaluator_is_linear_evaluation_on_its_splits():
     assert metrics == {"linear_top1": direct["top1"], "linear_top5": direct["top5"]}
     assert scheduled.evaluator.last_result["settings"]["precomputed_features"] is True
     assert "top-1" in scheduled.describe(metrics)
+
+
+def test_streamed_and_in_memory_shares_give_identical_results():
+    # The paper's protocol (augmentation) with the split read again every epoch, or kept in
+    # memory: the same batches, so bitwise the same head. A small shuffle window (several per
+    # shard) must not change that either.
+    rng = np.random.default_rng(9)
+    splits = {"train": coloured_images(150, rng, size=8), "test": coloured_images(40, rng, size=8)}
+    common = dict(
+        num_classes=4, image_size=8, mean=MEAN, std=STD, epochs=2, batch_size=32, shards=4,
+        shuffle_window=10, return_variables=True, steps_per_call=2,
+    )  # fmt: skip
+    results = []
+    for limit in (0, 1 << 20):
+        train, test = in_memory_data(splits, size=8, in_memory_bytes=limit).splits(num_shards=4)
+        assert train.in_memory == bool(limit)
+        results.append(linear.linear_evaluation(features.PixelEncoder(), {}, train, test, **common))
+    streamed, kept = results
+    assert streamed["top1"] == kept["top1"] and streamed["top5"] == kept["top5"]
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(streamed["head_params"][name], kept["head_params"][name])
+    # 150 examples in 4 shards (37 or 38 each): 8 per shard per step, 4 steps per epoch.
+    assert streamed["settings"]["steps_per_epoch"] == 4 and streamed["top1"] > 0.8
+
+
+def test_batch_and_shards_are_checked():
+    rng = np.random.default_rng(10)
+    train, test = coloured_images(40, rng, size=8), coloured_images(20, rng, size=8)
+    common = dict(num_classes=4, image_size=8, mean=MEAN, std=STD, epochs=1, augment=False)
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        linear.linear_evaluation(features.PixelEncoder(), {}, train, test, shards=0, **common)
+    # 16 shards and 8 devices: a global batch is a multiple of 16, more than batch_size=8.
+    with pytest.raises(ValueError, match="global batch needs a multiple of 16"):
+        linear.linear_evaluation(
+            features.PixelEncoder(), {}, train, test, shards=16, batch_size=8, **common
+        )

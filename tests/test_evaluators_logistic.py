@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from evaluator_helpers import local_features, separable_features
 
 from byol_jax.evaluators import logistic
 
@@ -66,3 +67,25 @@ def test_select_and_fit_picks_l2_on_held_out_train_and_standardizes():
     refit = logistic.fit(scale(x[:300]), y[:300], num_classes=c, l2=best)
     assert result["top1"] == pytest.approx(refit.accuracy(scale(x[300:]), y[300:]))
     assert result["top1"] > 0.6  # separable-ish clusters; chance is 0.25
+
+
+def test_sharded_fit_equals_host_fit_on_the_same_rows():
+    # Rows split into 3 shards (padding between them) over 8 devices: the same held-out rows,
+    # standardization, L2 choice and solution as select_and_fit on the concatenated rows.
+    rng = np.random.default_rng(7)
+    x, y = separable_features(500, rng, dim=10, classes=4)
+    x = x + rng.normal(scale=1.5, size=x.shape).astype(np.float32)  # not separable: L2 matters
+    y[::23] = -1  # unlabelled rows take no part
+    xt, yt = separable_features(120, rng, dim=10, classes=4)
+    grid = (1.0, 1e-2, 1e-4)
+    host = logistic.select_and_fit(x, y, xt, yt, num_classes=4, l2_grid=grid, seed=3)
+    sharded = logistic.select_and_fit_sharded(
+        local_features(x, y, shards=3, rows=176),
+        local_features(xt, yt, shards=2, rows=64),
+        num_classes=4,
+        l2_grid=grid,
+        seed=3,
+    )
+    assert sharded["l2"] == host["l2"] and sharded["converged"]
+    assert sharded["holdout_top1"] == pytest.approx(host["holdout_top1"], abs=1 / 50)
+    assert sharded["top1"] == pytest.approx(host["top1"], abs=1 / 120)

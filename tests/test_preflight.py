@@ -279,3 +279,25 @@ def test_tpu_compile_of_the_linear_eval_training_call():
     assert report["step"] == "linear_eval" and report["per_chip_batch"] == 8
     assert report["fits"] is True and report["memory"]["total"] > 0
     assert report["flops_per_image"] > 0
+
+
+@needs_libtpu
+@pytest.mark.parametrize("step", ["embed", "knn"])
+def test_tpu_compile_of_the_evaluation_steps(step):
+    # The evaluators' feature extraction and one sharded-kNN call (ImageNet-size bank split over
+    # 4 chips: 320k rows of 256-d features = 328 MB of arguments per chip at least).
+    config = smoke.get_config()
+    config.data.eval_batch_size = 16
+    config.evals.knn.chunk_size = 64
+    [report] = preflight.run(config, "tpu:v5e:2x2", step=step, fast=True)
+    assert report["step"] == step and report["fits"] is True
+    per_chip = {"embed": 16 // 4, "knn": 64 // 4}[step]  # eval batch per 4-chip host
+    assert report["per_chip_batch"] == per_chip
+    if step == "knn":
+        dim = models.embedding_dim(
+            train.build_experiment(
+                config, num_classes=1000, num_train_examples=1000
+            ).online_net.encoder
+        )
+        rows = -(-preflight.DEFAULT_NUM_TRAIN_EXAMPLES // 4)
+        assert report["memory"]["arguments"] >= rows * (dim + 1) * 4

@@ -11,9 +11,11 @@ Rows of ``baseline_table``:
 * ``raw_pixels``: the normalized eval view flattened (``features.PixelEncoder``).
 
 Every row goes through exactly the same code as the BYOL row (``evaluate_representation``):
-features computed once, a multinomial logistic regression on standardized features trained to
+features computed once per process on its own shards of each split (``features.embed_split``,
+never gathered), a multinomial logistic regression on standardized features trained to
 convergence with its L2 strength chosen per row on a held-out 10% of train
-(``evaluators.logistic``), and weighted kNN at k=20 and k=200. A fixed-epoch SGD protocol
+(``evaluators.logistic.select_and_fit_sharded``), and weighted kNN at k=20 and k=200
+(``knn.sharded_knn``). A fixed-epoch SGD protocol
 under-fits high-dimensional inputs (784 raw pixels) more than 256-d features and so overstates an
 encoder's gain; the paper's SGD protocol stays available as the ``linear`` evaluator.
 
@@ -106,10 +108,12 @@ def _population_batch_stats(
     replicated = parallel.replicate((variables["params"], zero_stats))
     order = np.random.default_rng(seed).permutation(len(images))
     devices = parallel.local_device_count()
-    batch_size = min(batch_size, len(images) // devices * devices)
+    # Every process makes the same calls on equal batches (BN moments span all devices).
+    fewest = -parallel.max_over_processes(-len(images))
+    batch_size = min(batch_size, fewest // devices * devices)
     if batch_size < devices:
-        raise ValueError(f"{len(images)} calibration images cannot fill {devices} devices")
-    count = max(1, min(batches, len(images) // batch_size))
+        raise ValueError(f"{fewest} calibration images cannot fill {devices} devices")
+    count = max(1, min(batches, fewest // batch_size))
     total = None
     for i in range(count):
         chunk = images[order[i * batch_size : (i + 1) * batch_size]]
@@ -118,19 +122,39 @@ def _population_batch_stats(
     return jax.tree.map(lambda s: (s / count).astype(np.float32), total)
 
 
-def _pixel_encoder(images: np.ndarray) -> features.PixelEncoder:
+def _pixel_encoder(sample: np.ndarray) -> features.PixelEncoder:
     """Raw pixels; grayscale images stored as 3 equal channels keep one (a third of the cost)."""
-    sample = np.asarray(images[:256])
+    sample = np.asarray(sample[:256])
     gray = sample.ndim == 4 and sample.shape[-1] == 3
     gray = gray and bool(np.all(sample[..., :1] == sample[..., 1:]))
-    return features.PixelEncoder(first_channel_only=gray)
+    # One answer for all processes (each looked at its own images).
+    return features.PixelEncoder(first_channel_only=not parallel.max_over_processes(not gray))
+
+
+def _as_shards(split: features.SplitShards | features.LabeledImages) -> features.SplitShards:
+    if isinstance(split, features.SplitShards):
+        return split
+    return features.SplitShards.from_arrays(split.images, split.labels)
+
+
+def _first_images(split: features.SplitShards, count: int) -> np.ndarray:
+    """Up to ``count`` of this process's first real images (its share of a calibration set)."""
+    images, held = [], 0
+    for shard in split.owned:
+        for batch in split.batches(shard):
+            keep = np.asarray(batch["image"])[np.asarray(batch["mask"], bool)]
+            images.append(keep[: count - held])
+            held += len(images[-1])
+            if held >= count:
+                return np.concatenate(images)
+    return np.concatenate(images)
 
 
 def evaluate_representation(
     encoder: nn.Module,
     encoder_variables: Mapping[str, Any],
-    train: features.LabeledImages,
-    test: features.LabeledImages,
+    train: features.SplitShards | features.LabeledImages,
+    test: features.SplitShards | features.LabeledImages,
     *,
     num_classes: int,
     view: features.View,
@@ -143,41 +167,41 @@ def evaluate_representation(
 ) -> dict[str, float]:
     """One row: converged logistic regression (L2 chosen on held-out train) and kNN accuracies.
 
-    The features are computed once (eval view, all devices and processes) and shared.
+    The features are computed once per process on its own shards and shared by both.
     """
     embed = functools.partial(
-        features.embed_images, encoder, encoder_variables, view=view, replicated=replicated
+        features.embed_split, encoder, encoder_variables, view=view, replicated=replicated
     )
-    train_x, test_x = embed(train.images), embed(test.images)
-    linear = logistic.select_and_fit(
-        train_x, train.labels, test_x, test.labels, num_classes=num_classes,
-        l2_grid=l2_grid, holdout_fraction=holdout_fraction, seed=seed,
+    train_x, test_x = embed(_as_shards(train)), embed(_as_shards(test))
+    linear = logistic.select_and_fit_sharded(
+        train_x, test_x, num_classes=num_classes, l2_grid=l2_grid,
+        holdout_fraction=holdout_fraction, seed=seed,
     )  # fmt: skip
     row = {
         "linear_top1": linear["top1"],
         "l2": linear["l2"],
         "converged": float(linear["converged"]),
-        "dim": float(train_x.shape[1]),
+        "dim": float(train_x.features.shape[1]),
     }
     for k in knn_ks:
-        result = knn.knn_accuracy(
-            train_x, train.labels, test_x, test.labels,
-            num_classes=num_classes, k=k, temperature=knn_temperature,
-        )  # fmt: skip
+        result = knn.sharded_knn(
+            train_x, test_x, num_classes=num_classes, k=k, temperature=knn_temperature
+        )
         row[f"knn{k}_top1"] = result["top1"]
     return row
 
 
 def baseline_table(
     encoder: nn.Module,
-    train: features.LabeledImages,
-    test: features.LabeledImages,
+    train: features.SplitShards | features.LabeledImages,
+    test: features.SplitShards | features.LabeledImages,
     *,
     num_classes: int,
     view: features.View,
     pretrained_variables: Mapping[str, Any] | None = None,
     pretrained_replicated: bool = False,
     calibrate_bn: bool = True,
+    calibration_images: int = 8 * 256,
     seed: int = 0,
     **options: Any,
 ) -> dict[str, dict[str, float]]:
@@ -185,8 +209,12 @@ def baseline_table(
 
     ``encoder`` is the pretrained architecture (module); the ``byol`` row needs
     ``pretrained_variables`` (host arrays, or replicated over local devices with
-    ``pretrained_replicated``). ``options``: keywords of ``evaluate_representation``.
+    ``pretrained_replicated``). ``train``/``test``: this process's shards (host arrays are read
+    as shards). The random encoder's BN statistics come from ``calibration_images`` training
+    images, each process contributing the first of its own share. ``options``: keywords of
+    ``evaluate_representation``.
     """
+    train, test = _as_shards(train), _as_shards(test)
     row = functools.partial(
         evaluate_representation, train=train, test=test, num_classes=num_classes, view=view,
         seed=seed, **options,
@@ -194,17 +222,18 @@ def baseline_table(
     table: dict[str, dict[str, float]] = {}
     if pretrained_variables is not None:
         table["byol"] = row(encoder, pretrained_variables, replicated=pretrained_replicated)
+    share = _first_images(train, -(-calibration_images // jax.process_count()))
     random_variables = random_encoder_variables(
         encoder,
         image_size=view.image_size,
         seed=seed,
-        calibration_images=train.images if calibrate_bn else None,
+        calibration_images=share if calibrate_bn else None,
         crop_fraction=view.crop_fraction,
         mean=view.mean,
         std=view.std,
     )
     table["random_init"] = row(encoder, random_variables)
-    table["raw_pixels"] = row(_pixel_encoder(train.images), {})
+    table["raw_pixels"] = row(_pixel_encoder(share), {})
     return table
 
 
@@ -243,8 +272,8 @@ class BaselinesEvaluator:
 
     def __init__(
         self,
-        train: features.LabeledImages,
-        test: features.LabeledImages,
+        train: features.SplitShards,
+        test: features.SplitShards,
         *,
         num_classes: int,
         view: features.View,
@@ -295,6 +324,6 @@ class BaselinesEvaluator:
 
     def describe(self, metrics: Mapping[str, float]) -> str:
         return (
-            f"{format_table(unflatten(metrics))}\n(table: {len(self.train.labels)} train / "
-            f"{len(self.test.labels)} test images)"
+            f"{format_table(unflatten(metrics))}\n(table: {self.train.num_examples} train / "
+            f"{self.test.num_examples} test images)"
         )

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -289,107 +290,266 @@ def _init_state(
     )
 
 
-def _step_indices(
-    num_examples: int, batch_size: int, epochs: int, seed: int
-) -> Iterator[np.ndarray]:
-    """Example indices of each step: a fresh permutation per epoch, remainder dropped."""
-    steps_per_epoch = num_examples // batch_size
-    for epoch in range(epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-        for step in range(steps_per_epoch):
-            yield order[step * batch_size : (step + 1) * batch_size]
+# ---- the training set as per-process shards ----------------------------------------------------
+#
+# A split is cut into ``shards`` virtual shards (``features.SplitShards``); process p of P owns
+# S/P of them. Global batch t takes B/S examples from every shard, in shard order, so it holds
+# the same examples in the same positions whatever P is: with the per-example augmentation keys
+# of ``_represent`` (seed, step, global position) the result does not depend on the process
+# count. Each epoch, every shard's selected examples are cut into windows of ``shuffle_window``
+# that are permuted by (seed, epoch, shard, window): a streamed shard then needs only one window
+# in host memory, and the in-memory path gives the same order.
+
+
+@dataclasses.dataclass
+class _Source:
+    """One owned shard of a training or test set: its real examples in order, in chunks."""
+
+    chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # (inputs, labels)
+    labels: Callable[[], np.ndarray]  # all labels of the shard, in order
+    shard: int  # global shard index
+
+
+def _image_sources(split: features.SplitShards) -> list[_Source]:
+    def chunks(shard: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in split.batches(shard):
+            keep = np.asarray(batch["mask"], bool)
+            yield np.asarray(batch["image"])[keep], np.asarray(batch["label"])[keep]
+
+    return [
+        _Source(functools.partial(chunks, v), functools.partial(split.labels, v), v)
+        for v in split.owned
+    ]
+
+
+def _feature_sources(local: features.LocalFeatures, first_shard: int) -> list[_Source]:
+    sources = []
+    for i in range(len(local.labels) // local.shard_rows):
+        x, y = local.shard(i)
+        sources.append(_Source(lambda x=x, y=y: iter([(x, y)]), lambda y=y: y, first_shard + i))
+    return sources
+
+
+def _selected(source: _Source, keep: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The shard's examples whose position is kept (``keep``: bool per example; None: all)."""
+    position = 0
+    for inputs, labels in source.chunks():
+        if keep is None:
+            yield inputs, labels
+        else:
+            mask = keep[position : position + len(labels)]
+            yield inputs[mask], labels[mask]
+        position += len(labels)
+
+
+def _pieces(
+    source: _Source, keep: np.ndarray, piece: int, seed: int, epoch: int, window: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``piece``-sized parts of one epoch of a shard: windows of its kept examples, permuted."""
+    held_x: list[np.ndarray] = []
+    held_y: list[np.ndarray] = []
+    count, index = 0, 0
+    left_x = left_y = None
+
+    def flush(x, y, index):
+        order = np.random.default_rng([seed, epoch, source.shard, index]).permutation(len(y))
+        return x[order], y[order]
+
+    def emit(x, y):
+        nonlocal left_x, left_y
+        if left_x is not None:
+            x, y = np.concatenate([left_x, x]), np.concatenate([left_y, y])
+        whole = len(y) // piece * piece
+        for start in range(0, whole, piece):
+            yield x[start : start + piece], y[start : start + piece]
+        left_x, left_y = x[whole:], y[whole:]
+
+    for inputs, labels in _selected(source, keep):
+        while len(labels):
+            take = min(window - count, len(labels))
+            held_x.append(inputs[:take])
+            held_y.append(labels[:take])
+            inputs, labels, count = inputs[take:], labels[take:], count + take
+            if count == window:
+                yield from emit(*flush(np.concatenate(held_x), np.concatenate(held_y), index))
+                held_x, held_y, count, index = [], [], 0, index + 1
+    if count:
+        yield from emit(*flush(np.concatenate(held_x), np.concatenate(held_y), index))
+
+
+def _local_batches(
+    sources: list[_Source],
+    keeps: list[np.ndarray],
+    piece: int,
+    steps: int,
+    seed: int,
+    epoch: int,
+    window: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This process's part of each of an epoch's ``steps`` global batches."""
+    streams = [
+        _pieces(src, keep, piece, seed, epoch, window)
+        for src, keep in zip(sources, keeps, strict=True)
+    ]
+    for _ in range(steps):
+        parts = [next(stream) for stream in streams]
+        yield np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _chunk_to_devices(
-    inputs: np.ndarray, labels: np.ndarray, steps: list[np.ndarray], chunk_steps: int
+    local: list[tuple[np.ndarray, np.ndarray]], chunk_steps: int
 ) -> dict[str, jax.Array]:
-    """Host batches of ``chunk_steps`` steps → per-device [chunk, local batch, ...] arrays."""
+    """Local batches of ``chunk_steps`` steps → per-device [chunk, local batch, ...] arrays."""
     devices = parallel.local_device_count()
-    valid = np.arange(chunk_steps) < len(steps)
-    steps = steps + [steps[0]] * (chunk_steps - len(steps))  # padding steps, masked by valid
-    index = np.stack(steps)  # [K, B]
-    k, b = index.shape
+    valid = np.arange(chunk_steps) < len(local)
+    local = local + [local[0]] * (chunk_steps - len(local))  # padding steps, masked by valid
+    inputs, labels = np.stack([x for x, _ in local]), np.stack([y for _, y in local])
+    k, b = labels.shape
 
     def layout(x: np.ndarray) -> np.ndarray:
         # [K, B, ...] → [D*K, B/D, ...] so that shard_batch hands device d its [K, B/D] slice
-        # of every step (examples d*B/D ... (d+1)*B/D - 1, as global_example_index assumes).
+        # of every step (positions d*B/D ... (d+1)*B/D - 1, as global_example_index assumes).
         x = x.reshape(k, devices, b // devices, *x.shape[2:]).swapaxes(0, 1)
         return x.reshape(devices * k, b // devices, *x.shape[3:])
 
-    chunk = {"inputs": layout(inputs[index]), "label": layout(labels[index])}
+    chunk = {"inputs": layout(inputs), "label": layout(labels.astype(np.int32))}
     sharded = parallel.shard_batch(chunk)
     sharded["valid"] = parallel.shard_batch(np.tile(valid, devices))
     return sharded
 
 
+@dataclasses.dataclass
+class _Plan:
+    """Global batch, steps per epoch and per-step share of every shard (same on all processes)."""
+
+    batch: int
+    piece: int
+    steps_per_epoch: int
+    shards: int
+    window: int
+    example_bytes: int = 0  # host bytes of one input (image or feature vector)
+
+
+def _plan(
+    keeps: list[np.ndarray], *, batch_size: int, shards: int, window: int, example_bytes: int
+) -> _Plan:
+    """The global batch: a multiple of the shard count and of all devices; no larger than the
+    kept examples allow (every step takes batch/shards examples from every shard)."""
+    unit = math.lcm(shards, parallel.global_device_count())
+    fewest = -parallel.max_over_processes(-min(int(np.sum(k)) for k in keeps))
+    batch = min(batch_size, fewest * shards) // unit * unit
+    if batch < unit:
+        raise ValueError(
+            f"a global batch needs a multiple of {unit} examples (shards {shards}, "
+            f"{parallel.global_device_count()} devices); the smallest shard has {fewest} "
+            f"training examples, so {shards} shards allow at most {fewest * shards}"
+        )
+    piece = batch // shards
+    return _Plan(batch, piece, fewest // piece, shards, window, example_bytes)
+
+
 def _fit(
     spec: _Spec,
     encoder_variables: Mapping[str, Any],
-    inputs: np.ndarray,
-    labels: np.ndarray,
+    sources: list[_Source],
+    keeps: list[np.ndarray],
     dim: int,
+    plan: _Plan,
     *,
     peak_lr: float,
     epochs: int,
-    batch_size: int,
     steps_per_call: int,
 ) -> Any:
     """Train from scratch; returns the replicated final state."""
-    total = epochs * (len(inputs) // batch_size)
+    total = epochs * plan.steps_per_epoch
     state = parallel.replicate(
         _init_state(spec, encoder_variables, dim, peak_lr=peak_lr, total_steps=total)
     )
     train_fn, _ = _mapped_fns(spec)
-    chunk_steps = max(1, min(steps_per_call, total))
-    steps = _step_indices(len(inputs), batch_size, epochs, spec.seed)
+    # Calls of near-equal length that tile an epoch (few masked padding steps at its end). With
+    # images as inputs (the encoder runs every step) one call's batches stay within CHUNK_BYTES:
+    # the dispatch saved by longer scans is small next to an encoder forward.
+    step_bytes = plan.example_bytes * plan.batch // jax.process_count()
+    steps_per_call = max(1, min(steps_per_call, CHUNK_BYTES // max(step_bytes, 1)))
+    calls_per_epoch = -(-plan.steps_per_epoch // steps_per_call)
+    chunk_steps = -(-plan.steps_per_epoch // calls_per_epoch)
     done, start, last_log = 0, time.time(), time.time()
-    while done < total:
-        block = [next(steps) for _ in range(min(chunk_steps, total - done))]
-        state, losses = train_fn(state, _chunk_to_devices(inputs, labels, block, chunk_steps))
-        done += len(block)
-        if time.time() - last_log > 30 or done == total:
-            loss = float(parallel.fetch(losses)[len(block) - 1])
-            elapsed = time.time() - start
-            logging.info("linear eval step %d/%d loss %.4f (%.0fs)", done, total, loss, elapsed)
-            last_log = time.time()
+    for epoch in range(epochs):
+        batches = _local_batches(
+            sources, keeps, plan.piece, plan.steps_per_epoch, spec.seed, epoch, plan.window
+        )
+        block: list[tuple[np.ndarray, np.ndarray]] = []
+        for i, local in enumerate(batches):
+            block.append(local)
+            if len(block) < chunk_steps and i + 1 < plan.steps_per_epoch:
+                continue
+            state, losses = train_fn(state, _chunk_to_devices(block, chunk_steps))
+            done += len(block)
+            if time.time() - last_log > 30 or done == total:
+                loss = float(parallel.fetch(losses)[len(block) - 1])
+                elapsed = time.time() - start
+                logging.info("linear eval step %d/%d loss %.4f (%.0fs)", done, total, loss, elapsed)
+                last_log = time.time()
+            block = []
     return state
 
 
 def _accuracy(
-    spec: _Spec, state: Any, inputs: np.ndarray, labels: np.ndarray, batch_size: int
+    spec: _Spec,
+    state: Any,
+    sources: list[_Source],
+    keeps: list[np.ndarray | None],
+    example: tuple[tuple[int, ...], Any],
+    batch_size: int,
 ) -> dict[str, float]:
+    """Top-1/top-5 over the kept examples of every process's shards (counts over all devices)."""
     _, count_fn = _mapped_fns(spec)
+    local = sum(
+        int(np.sum(k)) if k is not None else len(src.labels())
+        for src, k in zip(sources, keeps, strict=True)
+    )
+    calls = max(1, parallel.max_over_processes(-(-local // batch_size)))
+    shape, dtype = example
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        x = np.zeros((batch_size, *shape), dtype)
+        y = np.zeros(batch_size, np.int32)
+        fill = 0
+        for src, keep in zip(sources, keeps, strict=True):
+            for inputs, labels in _selected(src, keep):
+                while len(labels):
+                    take = min(batch_size - fill, len(labels))
+                    x[fill : fill + take], y[fill : fill + take] = inputs[:take], labels[:take]
+                    inputs, labels, fill = inputs[take:], labels[take:], fill + take
+                    if fill == batch_size:
+                        yield {"inputs": x.copy(), "label": y.copy(), "mask": np.ones(fill, bool)}
+                        fill = 0
+        while True:  # the rest, then fully masked batches so every process makes `calls` calls
+            yield {"inputs": x.copy(), "label": y.copy(), "mask": np.arange(batch_size) < fill}
+            fill = 0
+
     totals = {"top1": 0, "top5": 0, "count": 0}
-    for batch in _padded_batches({"inputs": inputs, "label": labels}, batch_size):
-        counts = parallel.fetch(count_fn(state, parallel.shard_batch(batch)))
+    stream = batches()
+    for _ in range(calls):
+        counts = parallel.fetch(count_fn(state, parallel.shard_batch(next(stream))))
         for name in totals:
             totals[name] += int(counts[name])
     count = max(totals["count"], 1)
     return {"top1": totals["top1"] / count, "top5": totals["top5"] / count}
 
 
-def _effective_batch(batch_size: int, num_examples: int) -> int:
-    """The global batch: a multiple of the device count, no larger than the training set."""
-    devices = parallel.local_device_count()
-    batch = min(batch_size, num_examples) // devices * devices
-    if batch < devices:
-        raise ValueError(
-            f"{num_examples} training examples cannot fill a batch over {devices} devices"
-        )
-    return batch
-
-
 def _evaluate(
     spec: _Spec,
     encoder_variables: Mapping[str, Any],
-    train_inputs: np.ndarray,
-    train_labels: np.ndarray,
-    test_inputs: np.ndarray,
-    test_labels: np.ndarray,
+    train_sources: list[_Source],
+    test_sources: list[_Source],
+    example: tuple[tuple[int, ...], Any],
     dim: int,
     *,
     epochs: int,
     batch_size: int,
+    shards: int,
+    shuffle_window: int,
     base_lr: float,
     lr_sweep: Sequence[float] | None,
     holdout_fraction: float,
@@ -400,52 +560,57 @@ def _evaluate(
     return_variables: bool = False,
 ) -> dict[str, Any]:
     """Shared driver of ``linear_evaluation`` and ``linear_evaluation_on_features``."""
-    batch = _effective_batch(batch_size, len(train_inputs))
+    selection = _Selection(train_sources)
+    keeps = selection.local(_labelled(selection.labels, label_fraction, spec.seed))
+    sizes = dict(
+        batch_size=batch_size, shards=shards, window=shuffle_window,
+        example_bytes=int(np.prod(example[0])) * np.dtype(example[1]).itemsize,
+    )  # fmt: skip
+    plan = _plan(keeps, **sizes)
     eval_batch = features.device_multiple(eval_batch_size)
     fit = functools.partial(
-        _fit,
-        spec,
-        encoder_variables,
-        dim=dim,
-        epochs=epochs,
-        batch_size=batch,
-        steps_per_call=steps_per_call,
+        _fit, spec, encoder_variables, dim=dim, epochs=epochs, steps_per_call=steps_per_call
     )
     sweep: dict[str, float] = {}
     if lr_sweep:
-        # Held-out part of train (never the test split) selects the base LR.
-        order = np.random.default_rng(spec.seed + 1).permutation(len(train_inputs))
-        held = max(1, int(round(holdout_fraction * len(order))))
-        held_idx, fit_idx = np.sort(order[:held]), np.sort(order[held:])
-        fit_batch = _effective_batch(batch_size, len(fit_idx))
+        # Held-out part of train (never the test split) selects the base LR: a permutation of the
+        # selected examples of the whole split (shards in order are the split in order).
+        chosen = np.flatnonzero(_labelled(selection.labels, label_fraction, spec.seed))
+        order = np.random.default_rng(spec.seed + 1).permutation(len(chosen))
+        held = np.zeros(len(selection.labels), bool)
+        held[chosen[order[: max(1, int(round(holdout_fraction * len(chosen))))]]] = True
+        held_keeps = selection.local(held)
+        fit_keeps = [k & ~h for k, h in zip(keeps, held_keeps, strict=True)]
+        fit_plan = _plan(fit_keeps, **sizes)
         for lr in lr_sweep:
-            state = fit(
-                train_inputs[fit_idx],
-                train_labels[fit_idx],
-                peak_lr=lr * fit_batch / 256,
-                batch_size=fit_batch,
-            )
-            result = _accuracy(
-                spec, state, train_inputs[held_idx], train_labels[held_idx], eval_batch
-            )
+            state = fit(train_sources, fit_keeps, plan=fit_plan, peak_lr=lr * fit_plan.batch / 256)
+            result = _accuracy(spec, state, train_sources, held_keeps, example, eval_batch)
             sweep[str(lr)] = result["top1"]
             logging.info("linear eval sweep: base_lr %g → held-out top-1 %.4f", lr, result["top1"])
         # max keeps the first of equal scores: ties go to the earlier (listed first) LR.
         base_lr = float(max(lr_sweep, key=lambda lr: sweep[str(lr)]))
 
-    state = fit(train_inputs, train_labels, peak_lr=base_lr * batch / 256)
-    result = _accuracy(spec, state, test_inputs, test_labels, eval_batch)
+    state = fit(train_sources, keeps, plan=plan, peak_lr=base_lr * plan.batch / 256)
+    result = _accuracy(spec, state, test_sources, [None] * len(test_sources), example, eval_batch)
+    num_train = int(parallel.sum_over_processes(np.int64(sum(int(k.sum()) for k in keeps))))
     out: dict[str, Any] = {
         "top1": result["top1"],
         "top5": result["top5"],
-        "num_train_examples": int(len(train_inputs)),
-        "num_test_examples": int(np.sum(test_labels >= 0)),
+        "num_train_examples": num_train,
+        "num_test_examples": int(
+            parallel.sum_over_processes(
+                np.int64(sum(int(np.sum(src.labels() >= 0)) for src in test_sources))
+            )
+        ),
         "settings": {
             **settings,
             "epochs": epochs,
-            "batch_size": batch,
+            "batch_size": plan.batch,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "shards": shards,
+            "shuffle_window": shuffle_window,
             "base_lr": base_lr,
-            "learning_rate": base_lr * batch / 256,
+            "learning_rate": base_lr * plan.batch / 256,
             "lr_schedule": "cosine",
             "optimizer": f"sgd_nesterov_momentum_{MOMENTUM}",
             "weight_decay": spec.weight_decay,
@@ -468,10 +633,36 @@ def _evaluate(
     return out
 
 
+class _Selection:
+    """The labels of a whole training split in shard order (ints only: O(N), never images), so
+    that label subsets and held-out parts are drawn as on one host, whatever the process count;
+    ``local`` cuts a per-example mask of the whole split back to this process's shards."""
+
+    def __init__(self, sources: list[_Source]):
+        local = [src.labels() for src in sources]
+        rows = parallel.max_over_processes(max(len(labels) for labels in local))
+        padded = np.full((len(local), rows), -2, np.int32)  # -2: no example (-1: unlabelled)
+        for i, labels in enumerate(local):
+            padded[i, : len(labels)] = labels
+        every = parallel.gather_from_processes(padded).reshape(-1, rows)  # [shards, rows]
+        lengths = np.sum(every != -2, axis=1)
+        self.labels = every[every != -2]
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        self._bounds = [(starts[s.shard], starts[s.shard + 1]) for s in sources]
+
+    def local(self, mask: np.ndarray) -> list[np.ndarray]:
+        return [mask[lo:hi] for lo, hi in self._bounds]
+
+
 def _labelled(labels: np.ndarray, label_fraction: float, seed: int) -> np.ndarray:
+    """Bool per example: labelled, and in the class-balanced ``label_fraction`` subset."""
+    labels = np.asarray(labels)
+    keep = np.zeros(len(labels), bool)
     if label_fraction < 1.0:
-        return label_subset(labels, label_fraction, seed)
-    return np.flatnonzero(np.asarray(labels) >= 0)
+        keep[label_subset(labels, label_fraction, seed)] = True
+    else:
+        keep[labels >= 0] = True
+    return keep
 
 
 def _check_common(epochs: int, num_classes: int) -> None:
@@ -481,11 +672,52 @@ def _check_common(epochs: int, num_classes: int) -> None:
         raise ValueError(f"linear evaluation needs >= 2 classes, got {num_classes}")
 
 
+DEFAULT_SHARDS = 16  # shards of the linear protocol's splits (a multiple of the process count)
+DEFAULT_SHUFFLE_WINDOW = 1024  # examples per shard permuted together each epoch
+CHUNK_BYTES = 1 << 28  # host inputs of one training call (steps_per_call capped to fit)
+
+
+def _as_shards(split: features.SplitShards | LabeledImages, shards: int) -> features.SplitShards:
+    if isinstance(split, features.SplitShards):
+        if split.num_shards != shards:
+            raise ValueError(
+                f"split {split.name!r} is read as {split.num_shards} shards; the linear "
+                f"evaluation was configured with shards={shards}"
+            )
+        return split
+    return features.SplitShards.from_arrays(split.images, split.labels, num_shards=shards)
+
+
+def _local_arrays(x: np.ndarray, y: np.ndarray, shards: int) -> features.LocalFeatures:
+    """Host arrays (the same on every process) → this process's rows of ``shards`` shards."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    total, rows = len(y), -(-len(y) // shards)
+    per_process = shards // jax.process_count()
+    first = jax.process_index() * per_process
+    feats = np.zeros((per_process * rows, x.shape[1]), np.float32)
+    labels = np.full(per_process * rows, -1, np.int32)
+    mask = np.zeros(per_process * rows, bool)
+    for i in range(per_process):
+        lo, hi = (first + i) * total // shards, (first + i + 1) * total // shards
+        feats[i * rows : i * rows + hi - lo] = x[lo:hi]
+        labels[i * rows : i * rows + hi - lo] = y[lo:hi]
+        mask[i * rows : i * rows + hi - lo] = True
+    return features.LocalFeatures(feats, labels, mask, rows, total)
+
+
+def _check_shards(shards: int) -> None:
+    if shards < 1 or shards % jax.process_count():
+        raise ValueError(
+            f"shards={shards} must be a positive multiple of the process count "
+            f"({jax.process_count()}); the same value on any process count gives the same result"
+        )
+
+
 def linear_evaluation(
     encoder: nn.Module,
     encoder_variables: Mapping[str, Any],
-    train: LabeledImages,
-    test: LabeledImages,
+    train: features.SplitShards | LabeledImages,
+    test: features.SplitShards | LabeledImages,
     *,
     num_classes: int,
     image_size: int,
@@ -503,19 +735,22 @@ def linear_evaluation(
     weight_decay: float = 0.0,
     eval_batch_size: int = 512,
     steps_per_call: int = 50,
-    feature_batch_size: int = 512,
+    shards: int = DEFAULT_SHARDS,
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
     seed: int = 0,
     return_variables: bool = False,
 ) -> dict[str, Any]:
     """Train a linear classifier on ``encoder`` features of ``train``; top-1/top-5 on ``test``.
 
-    ``encoder_variables``: ``{"params": ..., "batch_stats": ...}`` of the encoder alone (for a
-    pretraining state: ``online_params["encoder"]`` and ``online_batch_stats["encoder"]``). The
-    encoder module must be built with ``axis_name=parallel.AXIS_NAME`` for ``fine_tune``.
-    ``batch_size`` is global (rounded down to a multiple of the device count and to at most the
-    training-set size); the peak LR is ``base_lr * batch_size / 256``. ``lr_sweep`` (e.g.
-    ``PAPER_LR_SWEEP``) selects ``base_lr`` on a ``holdout_fraction`` of train. ``augment=False``
-    (frozen only) precomputes the features once (see the module docstring).
+    ``train``/``test``: this process's shards of each split (``features.SplitShards`` with
+    ``shards`` shards), or host arrays read as such shards. ``encoder_variables``: ``{"params":
+    ..., "batch_stats": ...}`` of the encoder alone. The encoder module must be built with
+    ``axis_name=parallel.AXIS_NAME`` for ``fine_tune``. ``batch_size`` is global (rounded down
+    to a multiple of the shard and device counts, see ``_plan``); the peak LR is
+    ``base_lr * batch_size / 256``. ``lr_sweep`` (e.g. ``PAPER_LR_SWEEP``) selects ``base_lr`` on
+    a ``holdout_fraction`` of every train shard. ``augment=False`` (frozen only) precomputes
+    the features once per process (see the module docstring). ``label_fraction`` keeps a
+    class-balanced subset of every shard.
 
     Returns ``{"top1", "top5", "num_train_examples", "num_test_examples", "settings", ...}``
     with ``sweep_holdout_top1`` when sweeping. ``return_variables=True`` adds the trained
@@ -523,10 +758,10 @@ def linear_evaluation(
     on the precomputed-features path) as NumPy trees, which are not JSON-serializable.
     """
     _check_common(epochs, num_classes)
-    keep = _labelled(train.labels, label_fraction, seed)
-    train_images, train_labels = np.asarray(train.images)[keep], np.asarray(train.labels)[keep]
-    train_labels = train_labels.astype(np.int32)
-    test_images, test_labels = np.asarray(test.images), np.asarray(test.labels).astype(np.int32)
+    _check_shards(shards)
+    if shuffle_window < 1:
+        raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
+    train, test = _as_shards(train, shards), _as_shards(test, shards)
     variables = dict(encoder_variables)
     precompute = not augment and not fine_tune
     spec = _Spec(
@@ -543,34 +778,31 @@ def linear_evaluation(
         top_k=min(5, num_classes),
     )
     if precompute:
-        encode = functools.partial(
-            encode_images,
-            encoder,
-            variables,
-            image_size=image_size,
-            crop_fraction=crop_fraction,
-            mean=mean,
-            std=std,
-            batch_size=feature_batch_size,
-        )
+        view = features.View(int(image_size), float(crop_fraction), spec.mean, spec.std)
         start = time.time()
-        train_inputs, test_inputs = encode(train_images), encode(test_images)
-        count, elapsed = len(train_inputs) + len(test_inputs), time.time() - start
-        logging.info("linear eval: features of %d images in %.0fs", count, elapsed)
-        dim, variables = train_inputs.shape[1], {}
+        train_x = features.embed_split(encoder, variables, train, view)
+        test_x = features.embed_split(encoder, variables, test, view)
+        logging.info("linear eval: features of this process's shards in %.0fs", time.time() - start)
+        train_sources = _feature_sources(train_x, train.owned.start)
+        test_sources = _feature_sources(test_x, test.owned.start)
+        dim, variables = train_x.features.shape[1], {}
+        example: tuple[tuple[int, ...], Any] = ((dim,), np.float32)
     else:
-        train_inputs, test_inputs = train_images, test_images
+        train_sources, test_sources = _image_sources(train), _image_sources(test)
         dim = feature_dim(encoder, variables, image_size)
+        first = next(iter(train.batches(train.owned.start)))["image"]
+        example = (tuple(first.shape[1:]), first.dtype)
     return _evaluate(
         spec,
         variables,
-        train_inputs,
-        train_labels,
-        test_inputs,
-        test_labels,
+        train_sources,
+        test_sources,
+        example,
         dim,
         epochs=epochs,
         batch_size=batch_size,
+        shards=shards,
+        shuffle_window=shuffle_window,
         base_lr=base_lr,
         lr_sweep=lr_sweep,
         holdout_fraction=holdout_fraction,
@@ -604,15 +836,18 @@ def linear_evaluation_on_features(
     weight_decay: float = 0.0,
     eval_batch_size: int = 4096,
     steps_per_call: int = 200,
+    shards: int = DEFAULT_SHARDS,
+    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The same linear classifier and protocol on fixed feature vectors [N, D].
 
     What ``linear_evaluation(augment=False)`` runs after encoding; also the entry point for
-    features computed elsewhere (e.g. by ``export.embed_split``).
+    features computed elsewhere (e.g. by ``export.embed_split``). The arrays are the whole
+    splits (the same on every process); each process trains on its own shards of them.
     """
     _check_common(epochs, num_classes)
-    keep = _labelled(train_labels, label_fraction, seed)
+    _check_shards(shards)
     spec = _Spec(
         head=nn.Dense(num_classes, kernel_init=nn.initializers.zeros, name="head"),
         encoder=None,
@@ -626,17 +861,21 @@ def linear_evaluation_on_features(
         seed=int(seed),
         top_k=min(5, num_classes),
     )
-    train_features = np.asarray(train_features, np.float32)
+    train = _local_arrays(train_features, train_labels, shards)
+    test = _local_arrays(test_features, test_labels, shards)
+    first = jax.process_index() * (shards // jax.process_count())
+    dim = train.features.shape[1]
     return _evaluate(
         spec,
         {},
-        train_features[keep],
-        np.asarray(train_labels, np.int32)[keep],
-        np.asarray(test_features, np.float32),
-        np.asarray(test_labels, np.int32),
-        train_features.shape[1],
+        _feature_sources(train, first),
+        _feature_sources(test, first),
+        ((dim,), np.float32),
+        dim,
         epochs=epochs,
         batch_size=batch_size,
+        shards=shards,
+        shuffle_window=shuffle_window,
         base_lr=base_lr,
         lr_sweep=lr_sweep,
         holdout_fraction=holdout_fraction,
@@ -651,14 +890,16 @@ class LinearEvaluator:
     """``linear_evaluation`` as an evaluator: the paper's protocol on a frozen encoder, or with
     ``augment=False`` the features-once variant (same classifier and schedule).
 
-    Every process holds both splits and trains the same classifier over its local devices.
-    ``fine_tune`` and ``label_fraction`` are the semi-supervised settings (see ``fine_tune``).
+    Each process reads only its ``shards`` of both splits, streamed every epoch (or replayed
+    from memory when its share is small, ``features.IN_MEMORY_BYTES``); every process gets the
+    same numbers, whatever the process count. ``fine_tune`` and ``label_fraction`` are the
+    semi-supervised settings (see ``fine_tune``).
     """
 
     def __init__(
         self,
-        train: LabeledImages,
-        test: LabeledImages,
+        train: features.SplitShards,
+        test: features.SplitShards,
         *,
         num_classes: int,
         view: features.View,
@@ -684,7 +925,10 @@ class LinearEvaluator:
     def from_options(
         cls, data: EvalData, *, train_split: str = "", test_split: str = "", **options: Any
     ) -> LinearEvaluator:
-        return cls(*data.splits(train_split, test_split), **data.common, seed=data.seed, **options)
+        shards = int(options.get("shards", DEFAULT_SHARDS))
+        _check_shards(shards)
+        splits = data.splits(train_split, test_split, num_shards=shards)
+        return cls(*splits, **data.common, seed=data.seed, **options)
 
     def run(
         self, encoder: nn.Module, variables: Mapping[str, Any], *, replicated: bool = False
@@ -715,6 +959,6 @@ class LinearEvaluator:
     def describe(self, metrics: Mapping[str, float]) -> str:
         mode = "fine-tuned" if self.options.get("fine_tune") else "linear"
         return (
-            f"{mode} evaluation ({len(self.train.labels)} train / {len(self.test.labels)} test "
+            f"{mode} evaluation ({self.train.num_examples} train / {self.test.num_examples} test "
             f"images): top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%"
         )

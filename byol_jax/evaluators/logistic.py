@@ -10,6 +10,14 @@ scored once on test. Every row of the baselines table goes through ``select_and_
 
 Objective: ``mean_i CE(W x_i + b, y_i) + l2 / 2 * ||W||^2`` (scikit-learn's ``C`` is
 ``1 / (l2 * N)``).
+
+``select_and_fit`` takes host arrays; ``select_and_fit_sharded`` (what the baselines table runs)
+takes each process's own rows (``features.LocalFeatures``) and solves the same problem with the
+rows split over every device of every process: the loss and gradient are sums of per-device
+partial sums (``parallel.global_sum`` / ``parallel.shared``), so every device runs the same
+L-BFGS iterations on the global objective. The held-out split, the standardization (float64
+moments summed over processes) and the grid are those of ``select_and_fit`` on the rows in
+process order, so both give the same answer up to float summation order.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from byol_jax import features, parallel
 
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 
@@ -195,6 +205,148 @@ def select_and_fit(
     final = fit(scale(x_all), y_all, num_classes=num_classes, l2=best, tol=tol, max_iter=max_iter)
     return {
         "top1": final.accuracy(scale(test_features), np.asarray(test_labels)),
+        "l2": best,
+        "holdout_top1": scores,
+        "iterations": final.iterations,
+        "grad_norm": final.grad_norm,
+        "converged": final.converged,
+    }
+
+
+# ---- rows split over every device of every process ------------------------------------------
+
+
+def _sharded_solve(params, x, y, weight, total, l2, tol, *, max_iter: int):
+    def fun(p):
+        logits = x @ parallel.shared(p)["w"] + parallel.shared(p)["b"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        # The penalty sits outside ``shared``: it is counted once, not once per device.
+        return parallel.global_sum(jnp.sum(ce * weight)) / total + 0.5 * l2 * jnp.sum(p["w"] ** 2)
+
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(params, updates), state
+
+    def not_done(carry):
+        _, state = carry
+        count = optax.tree_utils.tree_get(state, "count")
+        norm = optax.tree_utils.tree_norm(optax.tree_utils.tree_get(state, "grad"), ord=jnp.inf)
+        return (count == 0) | ((count < max_iter) & (norm >= tol))
+
+    params, state = jax.lax.while_loop(not_done, step, (params, solver.init(params)))
+    norm = optax.tree_utils.tree_norm(jax.grad(fun)(params), ord=jnp.inf)
+    return params, optax.tree_utils.tree_get(state, "count"), norm
+
+
+def _sharded_correct(params, x, y, weight):
+    correct = (jnp.argmax(x @ params["w"] + params["b"], axis=1) == y) & (weight > 0)
+    return parallel.sum_over_devices({"correct": jnp.sum(correct), "count": jnp.sum(weight > 0)})
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_fns(max_iter: int):
+    solve = parallel.map_function(
+        functools.partial(_sharded_solve, max_iter=max_iter),
+        in_axes=(None, 0, 0, 0, None, None, None),
+    )
+    return solve, parallel.map_function(_sharded_correct, in_axes=(None, 0, 0, 0))
+
+
+def _standardizer(x: np.ndarray, rows: np.ndarray, block: int = 4096) -> Standardizer:
+    """``Standardizer.fit`` of the selected rows of every process (float64 sums, in blocks so
+    that no float64 copy of all features is made)."""
+    index = np.flatnonzero(rows)
+
+    def blocks():
+        for i in range(0, len(index), block):
+            yield x[index[i : i + block]].astype(np.float64)
+
+    count = parallel.sum_over_processes(np.float64(len(index)))
+    total = sum((b.sum(axis=0) for b in blocks()), np.zeros(x.shape[1]))
+    mean = parallel.sum_over_processes(total) / count
+    squares = sum((((b - mean) ** 2).sum(axis=0) for b in blocks()), np.zeros(x.shape[1]))
+    std = np.sqrt(parallel.sum_over_processes(squares) / count)
+    return Standardizer(mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+
+
+def _on_devices(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """Rows onto the devices once per standardization (every fit and score reuses them)."""
+    y = np.where(y >= 0, y, 0).astype(np.int32)  # padding rows carry weight 0
+    return parallel.shard_rows(x.astype(np.float32, copy=False)), parallel.shard_rows(y)
+
+
+def _sharded_fit(rows, weight, *, num_classes, l2, tol, max_iter, init=None) -> Fit:
+    total = parallel.sum_over_processes(np.float64(weight.sum()))
+    params = init or {
+        "w": np.zeros((rows[0].shape[-1], num_classes), np.float32),
+        "b": np.zeros((num_classes,), np.float32),
+    }
+    solve, _ = _sharded_fns(int(max_iter))
+    weights = parallel.shard_rows(weight.astype(np.float32))
+    out, count, norm = solve(
+        params, *rows, weights, np.float32(total), np.float32(l2), np.float32(tol)
+    )
+    out = jax.tree.map(lambda a: np.asarray(a[0]), out)
+    norm = float(np.asarray(norm)[0])
+    return Fit(out["w"], out["b"], float(l2), int(np.asarray(count)[0]), norm, norm < tol)
+
+
+def _sharded_accuracy(fit_: Fit, rows, y: np.ndarray, selected: np.ndarray) -> float:
+    _, correct = _sharded_fns(1)
+    params = {"w": fit_.weights, "b": fit_.bias}
+    weights = parallel.shard_rows((selected & (y >= 0)).astype(np.float32))
+    counts = parallel.fetch(correct(params, *rows, weights))
+    return float(counts["correct"]) / max(int(counts["count"]), 1)
+
+
+def select_and_fit_sharded(
+    train: features.LocalFeatures,
+    test: features.LocalFeatures,
+    *,
+    num_classes: int,
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    holdout_fraction: float = 0.1,
+    tol: float = 1e-4,
+    max_iter: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``select_and_fit`` on each process's own rows (module docstring); same result dict."""
+    labelled = train.labels >= 0
+    counts = parallel.gather_from_processes(np.int64(labelled.sum())).reshape(-1)
+    total, offset = int(counts.sum()), int(counts[: jax.process_index()].sum())
+    if total < 2:
+        raise ValueError("logistic regression needs at least 2 labelled training examples")
+    # The held-out rows of select_and_fit: the same permutation of the labelled rows, which in
+    # process order are exactly the rows select_and_fit would see.
+    order = np.random.default_rng(seed).permutation(total)
+    held_global = np.zeros(total, bool)
+    held_global[order[: max(1, int(round(holdout_fraction * total)))]] = True
+    held = np.zeros(len(labelled), bool)
+    held[labelled] = held_global[offset : offset + int(labelled.sum())]
+    fit_rows = labelled & ~held
+    x, y = train.features, train.labels
+    grid = sorted((float(v) for v in l2_grid), reverse=True)  # strong → weak: warm starts
+    scores: dict[str, float] = {}
+    common = dict(num_classes=num_classes, tol=tol, max_iter=max_iter)
+    if len(grid) > 1:
+        rows = _on_devices(_standardizer(x, fit_rows)(x), y)
+        previous = None
+        for l2 in grid:
+            init = previous and {"w": previous.weights, "b": previous.bias}
+            previous = _sharded_fit(rows, fit_rows, l2=l2, init=init, **common)
+            scores[repr(l2)] = _sharded_accuracy(previous, rows, y, held)
+        del rows  # frees the device copy before the next one
+    best = max(grid, key=lambda l2: scores.get(repr(l2), 0.0))
+    scale = _standardizer(x, labelled)
+    final = _sharded_fit(_on_devices(scale(x), y), labelled, l2=best, **common)
+    test_rows = _on_devices(scale(test.features), test.labels)
+    return {
+        "top1": _sharded_accuracy(final, test_rows, test.labels, test.mask),
         "l2": best,
         "holdout_top1": scores,
         "iterations": final.iterations,
