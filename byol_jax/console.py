@@ -30,9 +30,12 @@ Only the standard library is imported here: the module runs before JAX and as th
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -131,29 +134,52 @@ _filter: subprocess.Popen | None = None  # kept referenced for the life of the p
 def filter_native_stderr() -> subprocess.Popen | None:
     """Routes file descriptor 2 of this process (and of its children) through the filter.
 
-    Returns the filter process, or None when ``BYOL_JAX_RAW_STDERR`` is set or it cannot start.
+    At exit the real stderr is put back and the filter is given a moment to drain, so that a
+    last error line reaches the terminal before the shell's prompt does. Returns the filter
+    process, or None when ``BYOL_JAX_RAW_STDERR`` is set or it cannot start.
     """
     if os.environ.get("BYOL_JAX_RAW_STDERR"):
         return None
     sys.stderr.flush()
     read_fd, write_fd = os.pipe()
+    # The filter holds the only write end of `done` and never writes: end of file on it means
+    # the filter has exited. (Waiting for the process itself is unreliable: a library may have
+    # set SIGCHLD to be ignored, and then wait() returns at once.)
+    done_read, done_write = os.pipe()
     try:
         child = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__)],
             stdin=read_fd,
             stdout=2,  # the real stderr, before the switch below
             close_fds=True,
+            pass_fds=(done_write,),
         )
     except OSError:
-        os.close(read_fd)
-        os.close(write_fd)
+        for fd in (read_fd, write_fd, done_read, done_write):
+            os.close(fd)
         return None
     os.close(read_fd)
+    os.close(done_write)
+    real_stderr = os.dup(2)
     os.dup2(write_fd, 2)
     os.close(write_fd)
     global _filter
     _filter = child
+    atexit.register(_restore_and_drain, real_stderr, done_read)
     return child
+
+
+def _restore_and_drain(real_stderr: int, done_read: int, timeout: float = 5) -> None:
+    """Puts the real stderr back (closing our end of the pipe) and waits for the filter."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os.dup2(real_stderr, 2)
+    os.close(real_stderr)
+    # Readable at end of file, i.e. once the filter has drained the pipe and exited; a child of
+    # ours that still holds the pipe keeps it open, and then we stop waiting after `timeout`.
+    with contextlib.suppress(OSError, ValueError):
+        select.select([done_read], [], [], timeout)
+    os.close(done_read)
 
 
 def setup_quiet_console() -> None:

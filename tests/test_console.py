@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import subprocess
 import threading
 
@@ -83,8 +84,10 @@ def test_progress_redrawn_in_place_passes_at_once():
     worker = threading.Thread(target=console.filter_stream, args=(read_in, write_out))
     worker.start()
     os.write(write_in, b"\rcpu autotune: 3/11 shapes")  # no newline yet
-    assert os.read(read_out, 1024) == b"\rcpu autotune: 3/11 shapes"
+    ready, _, _ = select.select([read_out], [], [], 10)
     os.close(write_in)
+    assert ready, "a line redrawn with \\r waited for its newline"
+    assert os.read(read_out, 1024) == b"\rcpu autotune: 3/11 shapes"
     worker.join(timeout=10)
     for fd in (read_in, write_out, read_out):
         os.close(fd)
