@@ -14,10 +14,10 @@ import os
 import re
 
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(ROOT, "pyproject.toml"), "rb") as _f:
     PYPROJECT = tomllib.load(_f)
