@@ -10,10 +10,15 @@ import os
 import sys
 import traceback
 
-# TensorFlow (tfds) C++ INFO lines ("oneDNN custom operations are on") are not for users.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+if __name__ == "__main__":
+    # Before JAX or TensorFlow load: JAX_PLATFORMS=cpu on a machine without GPU/TPU (no plugin
+    # tracebacks from the preflight extras), native INFO lines filtered out of stderr
+    # (byol_jax/console.py explains both; BYOL_JAX_RAW_STDERR=1 shows everything).
+    from byol_jax import console
 
-from absl import app, flags, logging
+    console.setup_quiet_console()
+
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
