@@ -1,6 +1,7 @@
 """How long a checkpoint save holds up training: the old synchronous save vs the async one.
 
-    python docs/measurements/save_stall.py --config=configs/fashion_mnist.py [--rounds=3]
+    PYTHONPATH=. python docs/measurements/save_stall.py --config=configs/fashion_mnist.py \
+        [--rounds=3] [--folder=gs://BUCKET/stall]
 
 Per round and mode it times a window of steps without a save and the same window with one save
 after its first step (both ending when the last step's state is ready), so the difference is
@@ -29,6 +30,9 @@ from byol_jax import bench, checkpoint, parallel
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds of both modes.")
 _STEPS = flags.DEFINE_integer("steps", 6, "Steps per timed window.")
+_FOLDER = flags.DEFINE_string(
+    "folder", None, "Where to save (local or gs://; default: a temporary local folder)."
+)
 
 
 def _window(step, state, batch, steps, save=None):
@@ -46,7 +50,8 @@ def main(argv: list[str]) -> None:
     built = bench.build_step(_CONFIG.value)
     step, state, batch = built.compiled, built.state, built.batch
     fingerprints = parallel.map_function(checkpoint.fingerprint)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = _FOLDER.value or scratch
         managers = {
             "sync": checkpoint.create_manager(f"{folder}/sync", asynchronous=False),
             "async": checkpoint.create_manager(f"{folder}/async", asynchronous=True),
