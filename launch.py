@@ -263,9 +263,7 @@ def _evaluate(mode: str, config, workdir: str) -> dict:
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
     split = FLAGS.split or data.eval_split
     out = FLAGS.output or str(storage.path(workdir) / f"embeddings_{split.replace(':', '_')}.npy")
-    from byol_jax.data import source_options
-
-    export.embed_split(workdir, data.dataset, split, out, **source_options(data))
+    export.embed_split(workdir, data.dataset, split, out, **train.source_options(data))
     return {"written": out}
 
 

@@ -241,6 +241,17 @@ def _digests_of_all_processes(
     return digests
 
 
+def source_options(data: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The keyword arguments of ``config.data`` every data reader takes (``dataset_info``,
+    ``train_batches``, ``eval_batches``): where the data is and how folders are labelled."""
+    path_dataset = data.dataset in input_pipeline.PATH_DATASETS
+    return {
+        "data_dir": data.get("folder") if path_dataset else data.data_dir,
+        "idx_dir": data.idx_dir,
+        "folder_labels": bool(data.get("folder_labels", False)),
+    }
+
+
 def train_dataset_info(
     config: ml_collections.ConfigDict, workdir: str | None = None
 ) -> input_pipeline.DatasetInfo:
@@ -251,7 +262,7 @@ def train_dataset_info(
         data.train_split,
         source_size=data.source_size,
         workdir=workdir,
-        **input_pipeline.source_options(data),
+        **source_options(data),
     )
 
 
@@ -273,7 +284,7 @@ def host_train_batches(
         stream_shards=stream_shards(data.stream_shards, config.batch_size, jax.process_count()),
         max_bad_records=data.max_bad_records,
         workdir=workdir,
-        **input_pipeline.source_options(data),
+        **source_options(data),
     )
 
 
@@ -441,7 +452,7 @@ def train_and_evaluate(
     is_chief = jax.process_index() == 0
     if is_chief:  # download/prepare, or list a folder into the workdir: once, then a barrier
         ready = input_pipeline.prepare_dataset(
-            config.data.dataset, workdir=workdir, **input_pipeline.source_options(config.data)
+            config.data.dataset, workdir=workdir, **source_options(config.data)
         )
         if config.data.dataset in input_pipeline.PATH_DATASETS:
             print(ready, flush=True)
@@ -667,12 +678,12 @@ def eval_data(
             source_size=size,
             process_index=index,
             process_count=count,
-            **input_pipeline.source_options(data),
+            **source_options(data),
         )
 
     def num_examples(split: str) -> int:
         info = input_pipeline.dataset_info(
-            data.dataset, split, source_size=size, **input_pipeline.source_options(data)
+            data.dataset, split, source_size=size, **source_options(data)
         )
         return info.num_examples
 

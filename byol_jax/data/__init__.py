@@ -25,7 +25,6 @@ from byol_jax.data.sources import (
     dataset_info,
     is_known_dataset,
     prepare_dataset,
-    source_options,
 )
 from byol_jax.data.train_stream import train_batches
 
@@ -40,6 +39,5 @@ __all__ = [
     "packed_dir",
     "prepare_dataset",
     "read_idx",
-    "source_options",
     "train_batches",
 ]

@@ -26,17 +26,6 @@ def is_known_dataset(dataset: str) -> bool:
     return dataset in PATH_DATASETS or tfds_source.is_known_dataset(dataset)
 
 
-def source_options(data: Any) -> dict[str, Any]:
-    """The keyword arguments of ``config.data`` every reader takes (``dataset_info``,
-    ``train_batches``, ``eval_batches``): where the data is and how folders are labelled."""
-    path_dataset = data.dataset in PATH_DATASETS
-    return {
-        "data_dir": data.get("folder") if path_dataset else data.data_dir,
-        "idx_dir": data.idx_dir,
-        "folder_labels": bool(data.get("folder_labels", False)),
-    }
-
-
 def _idx_source(dataset: str, split: str, files: dict[str, tuple[str, str]]) -> Source:
     sizes = {name: idx.idx_num_examples(images) for name, (images, _) in files.items()}
     name, start, end = idx.resolve_slice(split, sizes)
