@@ -127,7 +127,10 @@ def _quarantine(workdir: storage.PathLike, step: int) -> epath.Path:
 def _host_template(template: Any) -> Any:
     # NumPy leaves make Orbax restore NumPy arrays, whatever devices and sharding the saving
     # run had: a checkpoint of 2 processes x 4 devices resumes on 1 x 8 or on 1 CPU.
-    return jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
+    return jax.tree.map(
+        lambda x: np.zeros(np.shape(x), x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype),
+        template,
+    )
 
 
 def restore_step(manager: ocp.CheckpointManager, step: int, template: Any) -> Any:

@@ -19,6 +19,7 @@ import fsspec
 import jax
 import numpy as np
 import pytest
+from etils.epath import gpath
 from launch_helpers import ROOT, SMOKE, restore_smoke_state, start_launch, wait_for_line
 
 from byol_jax import export, metrics_io, storage
@@ -77,9 +78,14 @@ def _finish(process, timeout=600):
     return output
 
 
-def test_gs_workdir_pretrain_sigterm_resume_export_and_load(tmp_path, gcs_env, monkeypatch):
+def test_gs_workdir_pretrain_sigterm_resume_export_and_load(
+    tmp_path, gcs_env, monkeypatch, request
+):
     for name, value in gcs_env.items():
         monkeypatch.setenv(name, value)  # this process reads the bucket too
+    # epath chooses its gs:// client (TensorFlow's or fsspec's) once per process: choose again.
+    gpath._is_tf_installed.cache_clear()
+    request.addfinalizer(gpath._is_tf_installed.cache_clear)
     workdir = f"gs://{BUCKET}/run"
     local = tmp_path / "local"
     reference = start_launch(local, *RUN_ARGS)
