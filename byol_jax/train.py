@@ -575,9 +575,11 @@ def _train_then_evaluate(
                     ) from error
                 last_saved = step
             if stop_now:
-                stopped_by = stop.signal_name or "a signal on another process"
-                if multi_process:
-                    stopped_by = "a preemption notice (SIGTERM or Ctrl-C) on some process"
+                stopped_by = (
+                    "a preemption notice (SIGTERM or Ctrl-C) on some process"
+                    if multi_process
+                    else stop.signal_name
+                )
                 break
     profile.close()
 

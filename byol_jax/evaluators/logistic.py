@@ -66,6 +66,12 @@ def _loss(params: dict[str, jax.Array], x, y, weight, l2, num_classes: int) -> j
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
 def _solve(params, x, y, weight, l2, tol, *, num_classes: int, max_iter: int):
     fun = functools.partial(_loss, x=x, y=y, weight=weight, l2=l2, num_classes=num_classes)
+    return _lbfgs_minimize(fun, params, tol, max_iter)
+
+
+def _lbfgs_minimize(fun, params, tol, max_iter: int):
+    """L-BFGS on ``fun`` from ``params`` until the gradient's max-norm is below ``tol`` or
+    ``max_iter`` steps; returns (params, steps taken, final gradient max-norm)."""
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(fun)
 
@@ -223,24 +229,7 @@ def _sharded_solve(params, x, y, weight, total, l2, tol, *, max_iter: int):
         # The penalty sits outside ``shared``: it is counted once, not once per device.
         return parallel.global_sum(jnp.sum(ce * weight)) / total + 0.5 * l2 * jnp.sum(p["w"] ** 2)
 
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(fun)
-
-    def step(carry):
-        params, state = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=fun)
-        return optax.apply_updates(params, updates), state
-
-    def not_done(carry):
-        _, state = carry
-        count = optax.tree_utils.tree_get(state, "count")
-        norm = optax.tree_utils.tree_norm(optax.tree_utils.tree_get(state, "grad"), ord=jnp.inf)
-        return (count == 0) | ((count < max_iter) & (norm >= tol))
-
-    params, state = jax.lax.while_loop(not_done, step, (params, solver.init(params)))
-    norm = optax.tree_utils.tree_norm(jax.grad(fun)(params), ord=jnp.inf)
-    return params, optax.tree_utils.tree_get(state, "count"), norm
+    return _lbfgs_minimize(fun, params, tol, max_iter)
 
 
 def _sharded_correct(params, x, y, weight):
