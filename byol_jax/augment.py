@@ -81,6 +81,18 @@ def byol_view_params() -> tuple[ViewParams, ViewParams]:
     )
 
 
+def jitter_params(view: ViewParams, prob: float, strength: float) -> dict[str, float]:
+    """``ViewParams`` fields for colour jitter at ``prob``, with ``view``'s four strengths
+    scaled by ``strength`` (SimCLR's colour-strength knob; hue stays within [0, 0.5])."""
+    return {
+        "jitter_prob": float(prob),
+        "brightness": view.brightness * strength,
+        "contrast": view.contrast * strength,
+        "saturation": view.saturation * strength,
+        "hue": min(view.hue * strength, 0.5),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Keys and random decisions.
 # ---------------------------------------------------------------------------------------------

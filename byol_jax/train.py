@@ -175,6 +175,9 @@ def build_experiment(
             crop_area_range=(config.augment.crop_area_min, 1.0),
             blur_prob=config.augment.blur_prob[i],
             solarize_prob=config.augment.solarize_prob[i],
+            **augment.jitter_params(
+                view, config.augment.jitter_prob, config.augment.jitter_strength
+            ),
         )
         for i, view in enumerate(augment.byol_view_params())
     )

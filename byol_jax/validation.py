@@ -13,6 +13,9 @@ import ml_collections
 
 from byol_jax import models
 
+# evaluators.baselines.ROWS (not imported: that module pulls in the evaluators' dependencies).
+TABLE_ROWS = ("byol", "random_init", "raw_pixels")
+
 PATH_DATASETS = ("folder", "packed")  # data.dataset values that read data.folder
 
 DTYPES = ("float32", "bfloat16")
@@ -190,6 +193,10 @@ def validate_config(
             "one or more positive L2 strengths",
         ),
         "holdout_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        "rows": (
+            lambda v: len(v) > 0 and set(v) <= set(TABLE_ROWS),
+            f"one or more of {TABLE_ROWS}",
+        ),
         "knn_ks": (
             lambda v: len(v) > 0 and all(_is_int(k) and k > 0 for k in v),
             "one or more positive integers",
@@ -204,6 +211,8 @@ def validate_config(
             if option in entry:
                 _check(config, f"evals.{name}.{option}", ok, allowed)
     _check(config, "augment.crop_area_min", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    _check(config, "augment.jitter_prob", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+    _check(config, "augment.jitter_strength", lambda v: v >= 0, "a number >= 0 (0: no jitter)")
     for key in ("augment.blur_prob", "augment.solarize_prob"):
         _check(
             config,

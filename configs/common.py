@@ -101,14 +101,17 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # BYOL, random init and raw pixels, scored alike: logistic regression to convergence on
     # standardized features, its L2 strength chosen per row from l2_grid on a held-out part of
-    # train; kNN at knn_ks.
+    # train (a choice at the grid's edge extends the grid past it while extend_l2_grid); kNN at
+    # knn_ks.
     config.evals.table = dict(
         type="baselines",
         at_end=False,
         l2_grid=(1e-2, 1e-3, 1e-4),
+        extend_l2_grid=True,
         holdout_fraction=0.1,
         knn_ks=(20, 200),
         knn_temperature=0.1,
+        rows=("byol", "random_init", "raw_pixels"),  # ("byol",) when comparing runs
     )
     # The paper's linear protocol (appendix C.1): frozen encoder, SGD Nesterov, random crops;
     # augment=False computes the features once. lr_sweep e.g. (0.4, 0.3, 0.2, 0.1, 0.05).
@@ -125,4 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.augment.crop_area_min = 0.08  # random resized crop keeps U[min, 1] of the area
     config.augment.blur_prob = (1.0, 0.1)
     config.augment.solarize_prob = (0.0, 0.2)
+    # Colour jitter: applied with jitter_prob (both views); jitter_strength scales the paper's
+    # brightness 0.4, contrast 0.4, saturation 0.2 and hue 0.1 (hue capped at 0.5).
+    config.augment.jitter_prob = 0.8
+    config.augment.jitter_strength = 1.0
     return config

@@ -373,6 +373,21 @@ def test_sampled_view_ranges():
     assert abs(corr) < 0.15
 
 
+def test_jitter_strength_scales_the_sampled_ranges():
+    # The config's augment.jitter_strength / jitter_prob, as build_experiment applies them.
+    half = dataclasses.replace(VIEW1, **augment.jitter_params(VIEW1, 0.3, 0.5))
+    draws = jax.jit(jax.vmap(functools.partial(augment.sample_view, params=half)))(_keys(4, 2000))
+    for name, bound in [("brightness", 0.2), ("hue", 0.05)]:
+        v = np.asarray(draws[name])
+        assert v.min() >= -bound and v.max() <= bound and v.max() > 0.95 * bound, name
+    contrast = np.asarray(draws["contrast"])
+    assert contrast.min() >= 0.8 and contrast.max() <= 1.2 and contrast.max() > 1.19
+    assert abs(np.asarray(draws["jitter"]).mean() - 0.3) < 0.04  # 2000 draws: sd 0.01
+    # Strength 3 would put hue past half the circle: it stops at 0.5.
+    assert augment.jitter_params(VIEW1, 0.8, 3.0)["hue"] == pytest.approx(0.3)
+    assert augment.jitter_params(VIEW1, 0.8, 6.0)["hue"] == 0.5
+
+
 def test_grayscale_weighted_sum():
     rng = np.random.default_rng(1)
     image = rng.uniform(size=(5, 6, 3)).astype(np.float32)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from evaluator_helpers import MEAN, STD, coloured_images, in_memory_data, tiny_encoder
 
-from byol_jax import features, parallel
+from byol_jax import features, parallel, validation
 from byol_jax.evaluators import baselines, logistic, registry
 
 
@@ -62,6 +62,7 @@ def test_baseline_table_rows(tiny_encoder):
         pretrained_variables=variables,
         knn_ks=(5, 10),
         l2_grid=(1e-2, 1e-3),
+        extend_l2_grid=False,  # the grid's extension has its own test (logistic)
         calibrate_bn=False,  # calibration has its own test
     )
     assert list(table) == ["byol", "random_init", "raw_pixels"]
@@ -75,9 +76,19 @@ def test_baseline_table_rows(tiny_encoder):
     embed = lambda images: features.embed_images(encoder, variables, images, view)
     direct = logistic.select_and_fit(
         embed(train.images), train.labels, embed(test.images), test.labels,
-        num_classes=4, l2_grid=(1e-2, 1e-3),
+        num_classes=4, l2_grid=(1e-2, 1e-3), extend_grid=False,
     )  # fmt: skip
     assert table["byol"]["linear_top1"] == direct["top1"] and table["byol"]["l2"] == direct["l2"]
+    # rows=("byol",) computes that row alone, identically (comparing runs needs no baselines).
+    alone = baselines.baseline_table(
+        encoder, train, test, num_classes=4, view=view, pretrained_variables=variables,
+        knn_ks=(5, 10), l2_grid=(1e-2, 1e-3), extend_l2_grid=False, calibrate_bn=False,
+        rows=("byol",),
+    )  # fmt: skip
+    assert alone == {"byol": table["byol"]}
+    assert baselines.ROWS == validation.TABLE_ROWS  # what config validation accepts
+    with pytest.raises(ValueError, match="rows must be a non-empty subset"):
+        baselines.baseline_table(encoder, train, test, num_classes=4, view=view, rows=("pixels",))
     text = baselines.format_table(table)
     assert "*" not in text  # every row converged
     table["raw_pixels"]["converged"] = 0.0

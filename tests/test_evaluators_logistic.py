@@ -57,8 +57,9 @@ def test_select_and_fit_picks_l2_on_held_out_train_and_standardizes():
     x[:, 0] *= 1000.0  # a badly scaled feature: standardization must make it harmless
     grid = (1.0, 1e-3)
     result = logistic.select_and_fit(
-        x[:300], y[:300], x[300:], y[300:], num_classes=c, l2_grid=grid, holdout_fraction=0.2
-    )
+        x[:300], y[:300], x[300:], y[300:], num_classes=c, l2_grid=grid, holdout_fraction=0.2,
+        extend_grid=False,
+    )  # fmt: skip
     assert set(result["holdout_top1"]) == {repr(v) for v in grid}
     best = max(grid, key=lambda v: result["holdout_top1"][repr(v)])
     assert result["l2"] == best and result["converged"]
@@ -67,6 +68,35 @@ def test_select_and_fit_picks_l2_on_held_out_train_and_standardizes():
     refit = logistic.fit(scale(x[:300]), y[:300], num_classes=c, l2=best)
     assert result["top1"] == pytest.approx(refit.accuracy(scale(x[300:]), y[300:]))
     assert result["top1"] > 0.6  # separable-ish clusters; chance is 0.25
+
+
+@pytest.mark.parametrize("grid", [(10.0, 1.0), (1e-5, 1e-6)])
+def test_a_choice_at_the_grid_edge_extends_the_grid_until_it_is_inside(grid):
+    # Overlapping classes with few examples per feature: the held-out optimum is a moderate L2,
+    # far from both starting grids, so the search must walk to it decade by decade.
+    rng = np.random.default_rng(4)
+    n, d, c = 300, 40, 3
+    y = rng.integers(0, c, n)
+    x = rng.normal(size=(n, d)) + 0.6 * np.eye(c, d)[y]
+    result = logistic.select_and_fit(
+        x[:240], y[:240], x[240:], y[240:], num_classes=c, l2_grid=grid, holdout_fraction=0.3
+    )
+    searched = sorted(float(v) for v in result["holdout_top1"])
+    assert set(grid) <= set(searched) and len(searched) > len(grid)
+    ratios = np.array(searched[1:]) / np.array(searched[:-1])
+    np.testing.assert_allclose(ratios, 10.0, rtol=1e-9)  # one decade per step
+    # The choice is the held-out argmax (ties to the stronger) and now sits strictly inside.
+    scores = result["holdout_top1"]
+    best = max(sorted(searched, reverse=True), key=lambda v: scores[repr(v)])
+    assert result["l2"] == best and searched[0] < best < searched[-1]
+    # Each step beyond the starting grid was taken because its neighbour was the edge winner.
+    outside = [v for v in searched if v not in grid]
+    assert outside and all(min(grid) / 1e6 < v < max(grid) * 1e6 for v in outside)
+    fixed = logistic.select_and_fit(
+        x[:240], y[:240], x[240:], y[240:], num_classes=c, l2_grid=grid, holdout_fraction=0.3,
+        extend_grid=False,
+    )  # fmt: skip
+    assert sorted(float(v) for v in fixed["holdout_top1"]) == sorted(grid)
 
 
 def test_sharded_fit_equals_host_fit_on_the_same_rows():

@@ -24,6 +24,9 @@ BAD_VALUES = [
     ("--config.data.stream_shards=-1", "config.data.stream_shards=-1"),
     ("--config.evals.knn.every_steps=3", "config.evals.knn.every_steps=3"),
     ("--config.evals.table.holdout_fraction=1.0", "config.evals.table.holdout_fraction=1.0"),
+    ("--config.evals.table.rows=('pixels',)", "config.evals.table.rows=('pixels',)"),
+    ("--config.augment.jitter_prob=1.5", "config.augment.jitter_prob=1.5"),
+    ("--config.augment.jitter_strength=-1.0", "config.augment.jitter_strength=-1.0"),
 ]
 # Errors of the command line itself, as a user sees them: one line on stderr, exit code 2.
 BAD_COMMAND_LINES = [

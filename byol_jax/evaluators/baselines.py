@@ -38,6 +38,7 @@ from byol_jax import features, parallel
 from byol_jax.evaluators import knn, logistic
 from byol_jax.evaluators.base import EvalData
 
+ROWS: tuple[str, ...] = ("byol", "random_init", "raw_pixels")  # = validation.TABLE_ROWS
 BN_MOMENTUM = 0.9  # models.batch_norm: running = momentum * running + (1 - momentum) * batch
 
 
@@ -159,6 +160,7 @@ def evaluate_representation(
     num_classes: int,
     view: features.View,
     l2_grid: Sequence[float] = logistic.DEFAULT_L2_GRID,
+    extend_l2_grid: bool = True,
     holdout_fraction: float = 0.1,
     knn_ks: Sequence[int] = (20, 200),
     knn_temperature: float = knn.DEFAULT_TEMPERATURE,
@@ -175,7 +177,7 @@ def evaluate_representation(
     train_x, test_x = embed(_as_shards(train)), embed(_as_shards(test))
     linear = logistic.select_and_fit_sharded(
         train_x, test_x, num_classes=num_classes, l2_grid=l2_grid,
-        holdout_fraction=holdout_fraction, seed=seed,
+        extend_grid=extend_l2_grid, holdout_fraction=holdout_fraction, seed=seed,
     )  # fmt: skip
     row = {
         "linear_top1": linear["top1"],
@@ -203,6 +205,7 @@ def baseline_table(
     calibrate_bn: bool = True,
     calibration_images: int = 8 * 256,
     seed: int = 0,
+    rows: Sequence[str] = ROWS,
     **options: Any,
 ) -> dict[str, dict[str, float]]:
     """``{"byol"?, "random_init", "raw_pixels"}`` → one ``evaluate_representation`` row each.
@@ -211,29 +214,37 @@ def baseline_table(
     ``pretrained_variables`` (host arrays, or replicated over local devices with
     ``pretrained_replicated``). ``train``/``test``: this process's shards (host arrays are read
     as shards). The random encoder's BN statistics come from ``calibration_images`` training
-    images, each process contributing the first of its own share. ``options``: keywords of
-    ``evaluate_representation``.
+    images, each process contributing the first of its own share. ``rows``: which of the three
+    to compute (comparing runs needs only ``("byol",)``; the other two do not depend on the
+    run). ``options``: keywords of ``evaluate_representation``.
     """
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown or not rows:
+        raise ValueError(f"rows must be a non-empty subset of {ROWS}, got {tuple(rows)}")
     train, test = _as_shards(train), _as_shards(test)
     row = functools.partial(
         evaluate_representation, train=train, test=test, num_classes=num_classes, view=view,
         seed=seed, **options,
     )  # fmt: skip
     table: dict[str, dict[str, float]] = {}
-    if pretrained_variables is not None:
+    if pretrained_variables is not None and "byol" in rows:
         table["byol"] = row(encoder, pretrained_variables, replicated=pretrained_replicated)
+    if "random_init" not in rows and "raw_pixels" not in rows:
+        return table
     share = _first_images(train, -(-calibration_images // jax.process_count()))
-    random_variables = random_encoder_variables(
-        encoder,
-        image_size=view.image_size,
-        seed=seed,
-        calibration_images=share if calibrate_bn else None,
-        crop_fraction=view.crop_fraction,
-        mean=view.mean,
-        std=view.std,
-    )
-    table["random_init"] = row(encoder, random_variables)
-    table["raw_pixels"] = row(_pixel_encoder(share), {})
+    if "random_init" in rows:
+        random_variables = random_encoder_variables(
+            encoder,
+            image_size=view.image_size,
+            seed=seed,
+            calibration_images=share if calibrate_bn else None,
+            crop_fraction=view.crop_fraction,
+            mean=view.mean,
+            std=view.std,
+        )
+        table["random_init"] = row(encoder, random_variables)
+    if "raw_pixels" in rows:
+        table["raw_pixels"] = row(_pixel_encoder(share), {})
     return table
 
 
@@ -278,12 +289,18 @@ class BaselinesEvaluator:
         num_classes: int,
         view: features.View,
         l2_grid: Sequence[float] = logistic.DEFAULT_L2_GRID,
+        extend_l2_grid: bool = True,
         holdout_fraction: float = 0.1,
         knn_ks: Sequence[int] = (20, 200),
         knn_temperature: float = knn.DEFAULT_TEMPERATURE,
         calibrate_bn: bool = True,
+        rows: Sequence[str] = ROWS,
         seed: int = 0,
     ):
+        if isinstance(rows, str):
+            rows = (rows,)
+        if not rows or set(rows) - set(ROWS):
+            raise ValueError(f"rows must be a non-empty subset of {ROWS}, got {tuple(rows)}")
         if not l2_grid or min(l2_grid) <= 0:
             raise ValueError(f"l2_grid must hold positive L2 strengths, got {tuple(l2_grid)}")
         if not 0 < holdout_fraction < 1:
@@ -292,8 +309,10 @@ class BaselinesEvaluator:
             raise ValueError(f"knn_ks must hold positive integers, got {tuple(knn_ks)}")
         self.train, self.test, self.view = train, test, view
         self.num_classes, self.calibrate_bn, self.seed = num_classes, calibrate_bn, seed
+        self.rows = tuple(str(r) for r in rows)
         self.options = dict(
             l2_grid=tuple(float(v) for v in l2_grid),
+            extend_l2_grid=bool(extend_l2_grid),
             holdout_fraction=float(holdout_fraction),
             knn_ks=tuple(int(k) for k in knn_ks),
             knn_temperature=float(knn_temperature),
@@ -318,6 +337,7 @@ class BaselinesEvaluator:
             pretrained_replicated=replicated,
             calibrate_bn=self.calibrate_bn,
             seed=self.seed,
+            rows=self.rows,
             **self.options,
         )
         return flatten(table)

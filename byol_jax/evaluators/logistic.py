@@ -5,8 +5,9 @@ softmax cross-entropy plus an L2 penalty on the weights (not the bias), full bat
 L-BFGS (``optax.lbfgs`` with its zoom line search) until the largest gradient entry is below
 ``tol``.
 The L2 strength is chosen per representation on a held-out part of the training split (a small
-grid, warm-started from the strongest penalty down), then the model is refit on all of train and
-scored once on test. Every row of the baselines table goes through ``select_and_fit``.
+grid, warm-started from the strongest penalty down, and extended a step at a time past an edge
+that wins), then the model is refit on all of train and scored once on test. Every row of the
+baselines table goes through ``select_and_fit``.
 
 Objective: ``mean_i CE(W x_i + b, y_i) + l2 / 2 * ||W||^2`` (scikit-learn's ``C`` is
 ``1 / (l2 * N)``).
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -35,6 +36,9 @@ import optax
 from byol_jax import features, parallel
 
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+# How far ``extend_grid`` may go: beyond these the penalty is either negligible for standardized
+# features or swamps the data term.
+L2_BOUNDS: tuple[float, float] = (1e-8, 1e2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +171,47 @@ def fit(
     )
 
 
+def _search_l2(
+    grid: Sequence[float],
+    fit_at: Callable[[float, Fit | None], Fit],
+    score: Callable[[Fit], float],
+    extend: bool,
+) -> tuple[dict[str, float], float]:
+    """Held-out scores over ``grid`` (fits warm-started from the strongest penalty down) and the
+    best L2 (ties go to the stronger penalty). With ``extend``, while the best value is the
+    grid's strongest or weakest, one more value beyond it (the grid's own ratio at that end) is
+    tried, warm-started from its neighbour, until the best is inside the grid or ``L2_BOUNDS``
+    stops it: a choice at the grid's edge says the optimum may lie outside."""
+    grid = sorted((float(v) for v in grid), reverse=True)
+    scores: dict[str, float] = {}
+    fits: dict[float, Fit] = {}
+    previous = None
+    for l2 in grid:
+        previous = fits[l2] = fit_at(l2, previous)
+        scores[repr(l2)] = score(previous)
+
+    def best() -> float:
+        return max(grid, key=lambda l2: scores[repr(l2)])  # max keeps the first: the stronger
+
+    while extend and len(grid) > 1:
+        choice = best()
+        if choice == grid[-1]:
+            new = float(f"{grid[-1] * grid[-1] / grid[-2]:.12g}")
+            if new < L2_BOUNDS[0]:
+                break
+            grid.append(new)
+        elif choice == grid[0]:
+            new = float(f"{grid[0] * grid[0] / grid[1]:.12g}")
+            if new > L2_BOUNDS[1]:
+                break
+            grid.insert(0, new)
+        else:
+            break
+        fits[new] = fit_at(new, fits[choice])
+        scores[repr(new)] = score(fits[new])
+    return scores, best()
+
+
 def select_and_fit(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -179,8 +224,12 @@ def select_and_fit(
     tol: float = 1e-4,
     max_iter: int = 500,
     seed: int = 0,
+    extend_grid: bool = True,
 ) -> dict[str, Any]:
     """Choose ``l2`` on a held-out part of train, refit on all of train, score test once.
+
+    ``extend_grid``: when the choice is at the grid's edge, try values beyond it
+    (``_search_l2``), so that the reported L2 is an interior optimum of the grid searched.
 
     Returns ``{"top1", "l2", "holdout_top1": {l2: acc}, "iterations", "grad_norm",
     "converged"}`` (the last three of the final fit).
@@ -193,20 +242,25 @@ def select_and_fit(
     order = np.random.default_rng(seed).permutation(len(x_all))
     held = max(1, int(round(holdout_fraction * len(x_all))))
     held_idx, fit_idx = order[:held], order[held:]
-    grid = sorted((float(v) for v in l2_grid), reverse=True)  # strong → weak: warm starts
-    scores: dict[str, float] = {}
-    if len(grid) > 1:
+    scores, best = {}, float(max(l2_grid))
+    if len(l2_grid) > 1:
         scale = Standardizer.fit(x_all[fit_idx])
         x_fit, x_held = scale(x_all[fit_idx]), scale(x_all[held_idx])
-        previous = None
-        for l2 in grid:
-            previous = fit(
-                x_fit, y_all[fit_idx], num_classes=num_classes, l2=l2, tol=tol,
-                max_iter=max_iter, init=previous, pad_to=len(x_all),
-            )  # fmt: skip
-            scores[repr(l2)] = previous.accuracy(x_held, y_all[held_idx])
-    # max keeps the first of equal scores: ties go to the stronger penalty.
-    best = max(grid, key=lambda l2: scores.get(repr(l2), 0.0))
+        scores, best = _search_l2(
+            l2_grid,
+            lambda l2, init: fit(
+                x_fit,
+                y_all[fit_idx],
+                num_classes=num_classes,
+                l2=l2,
+                tol=tol,
+                max_iter=max_iter,
+                init=init,
+                pad_to=len(x_all),
+            ),  # fmt: skip
+            lambda fit_: fit_.accuracy(x_held, y_all[held_idx]),
+            extend_grid,
+        )
     scale = Standardizer.fit(x_all)
     final = fit(scale(x_all), y_all, num_classes=num_classes, l2=best, tol=tol, max_iter=max_iter)
     return {
@@ -303,6 +357,7 @@ def select_and_fit_sharded(
     tol: float = 1e-4,
     max_iter: int = 500,
     seed: int = 0,
+    extend_grid: bool = True,
 ) -> dict[str, Any]:
     """``select_and_fit`` on each process's own rows (module docstring); same result dict."""
     labelled = train.labels >= 0
@@ -319,18 +374,23 @@ def select_and_fit_sharded(
     held[labelled] = held_global[offset : offset + int(labelled.sum())]
     fit_rows = labelled & ~held
     x, y = train.features, train.labels
-    grid = sorted((float(v) for v in l2_grid), reverse=True)  # strong → weak: warm starts
-    scores: dict[str, float] = {}
+    scores, best = {}, float(max(l2_grid))
     common = dict(num_classes=num_classes, tol=tol, max_iter=max_iter)
-    if len(grid) > 1:
+    if len(l2_grid) > 1:
         rows = _on_devices(_standardizer(x, fit_rows)(x), y)
-        previous = None
-        for l2 in grid:
-            init = previous and {"w": previous.weights, "b": previous.bias}
-            previous = _sharded_fit(rows, fit_rows, l2=l2, init=init, **common)
-            scores[repr(l2)] = _sharded_accuracy(previous, rows, y, held)
+        scores, best = _search_l2(
+            l2_grid,
+            lambda l2, init: _sharded_fit(
+                rows,
+                fit_rows,
+                l2=l2,
+                init=init and {"w": init.weights, "b": init.bias},
+                **common,
+            ),  # fmt: skip
+            lambda fit_: _sharded_accuracy(fit_, rows, y, held),
+            extend_grid,
+        )
         del rows  # frees the device copy before the next one
-    best = max(grid, key=lambda l2: scores.get(repr(l2), 0.0))
     scale = _standardizer(x, labelled)
     final = _sharded_fit(_on_devices(scale(x), y), labelled, l2=best, **common)
     test_rows = _on_devices(scale(test.features), test.labels)
