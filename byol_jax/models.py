@@ -419,10 +419,13 @@ ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck
 ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block="bottleneck")
 ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block="bottleneck")
 ResNet200 = functools.partial(ResNet, stage_sizes=(3, 24, 36, 3), block="bottleneck")
-# Test-only: one basic block per stage, 8 base channels.
+# One basic block per stage: half of ResNet-18's depth, for small images on few cores.
+ResNet10 = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block="basic")
+# Test-only: ResNet-10 with 8 base channels.
 ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), block="basic", base_width=8)
 
 ENCODERS: dict[str, Callable[..., ResNet]] = {
+    "resnet10": ResNet10,
     "resnet18": ResNet18,
     "resnet34": ResNet34,
     "resnet50": ResNet50,

@@ -47,6 +47,18 @@ RECIPES: dict[str, list[str]] = {
         "--config.model.predictor_hidden_dim=1024",
     ],
     "stride2_w16": ["--config.model.stem=stride2", "--config.model.base_width=16"],
+    # ResNet-10 (one basic block per stage): half the depth of ResNet-18.
+    "r10_s2_w32": [
+        "--config.model.encoder=resnet_tiny",
+        "--config.model.stem=stride2",
+        "--config.model.base_width=32",
+    ],
+    "r10_s2_w24": [
+        "--config.model.encoder=resnet_tiny",
+        "--config.model.stem=stride2",
+        "--config.model.base_width=24",
+    ],
+    "r10_w64": ["--config.model.encoder=resnet_tiny", "--config.model.base_width=64"],
     "width48": ["--config.model.base_width=48"],
     "width24": ["--config.model.base_width=24"],
 }
