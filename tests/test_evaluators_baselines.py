@@ -83,9 +83,12 @@ def test_baseline_table_rows(tiny_encoder):
     alone = baselines.baseline_table(
         encoder, train, test, num_classes=4, view=view, pretrained_variables=variables,
         knn_ks=(5, 10), l2_grid=(1e-2, 1e-3), extend_l2_grid=False, calibrate_bn=False,
-        rows=("byol",),
+        rows=("byol",), details=(details := {}),
     )  # fmt: skip
     assert alone == {"byol": table["byol"]}
+    # details: how each row's L2 was chosen, as select_and_fit reports it.
+    assert details["byol"]["holdout_top1"] == pytest.approx(direct["holdout_top1"], abs=0.02)
+    assert details["byol"]["iterations"] > 0 and details["byol"]["grad_norm"] < 1e-4
     assert baselines.ROWS == validation.TABLE_ROWS  # what config validation accepts
     with pytest.raises(ValueError, match="rows must be a non-empty subset"):
         baselines.baseline_table(encoder, train, test, num_classes=4, view=view, rows=("pixels",))

@@ -25,6 +25,9 @@ def _param_count(module, image_size=224):
         ("resnet34", 21_797_672 - 513_000),
         ("resnet50", 25_557_032 - 2_049_000),
         ("resnet101", 44_549_160 - 2_049_000),
+        # ResNet-18 without the second block of each stage: per stage C, two 3x3 C->C convs
+        # and two BNs (scale and bias), 18 C^2 + 4 C, summed over C = 64, 128, 256, 512.
+        ("resnet10", 11_689_512 - 513_000 - sum(18 * c * c + 4 * c for c in (64, 128, 256, 512))),
     ],
 )
 def test_parameter_counts_match_standard_resnets(name, expected):

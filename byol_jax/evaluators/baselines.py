@@ -166,10 +166,13 @@ def evaluate_representation(
     knn_temperature: float = knn.DEFAULT_TEMPERATURE,
     replicated: bool = False,
     seed: int = 0,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """One row: converged logistic regression (L2 chosen on held-out train) and kNN accuracies.
 
     The features are computed once per process on its own shards and shared by both.
+    ``details``, when given, receives how the L2 was chosen: the held-out accuracy of every L2
+    searched, and the final solve's iterations and gradient max-norm.
     """
     embed = functools.partial(
         features.embed_split, encoder, encoder_variables, view=view, replicated=replicated
@@ -179,6 +182,12 @@ def evaluate_representation(
         train_x, test_x, num_classes=num_classes, l2_grid=l2_grid,
         extend_grid=extend_l2_grid, holdout_fraction=holdout_fraction, seed=seed,
     )  # fmt: skip
+    if details is not None:
+        details.update(
+            holdout_top1=linear["holdout_top1"],
+            iterations=int(linear["iterations"]),
+            grad_norm=float(linear["grad_norm"]),
+        )
     row = {
         "linear_top1": linear["top1"],
         "l2": linear["l2"],
@@ -206,6 +215,7 @@ def baseline_table(
     calibration_images: int = 8 * 256,
     seed: int = 0,
     rows: Sequence[str] = ROWS,
+    details: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, dict[str, float]]:
     """``{"byol"?, "random_init", "raw_pixels"}`` → one ``evaluate_representation`` row each.
@@ -216,19 +226,24 @@ def baseline_table(
     as shards). The random encoder's BN statistics come from ``calibration_images`` training
     images, each process contributing the first of its own share. ``rows``: which of the three
     to compute (comparing runs needs only ``("byol",)``; the other two do not depend on the
-    run). ``options``: keywords of ``evaluate_representation``.
+    run). ``details``, when given, receives each row's ``evaluate_representation`` details
+    under its name. ``options``: keywords of ``evaluate_representation``.
     """
     unknown = sorted(set(rows) - set(ROWS))
     if unknown or not rows:
         raise ValueError(f"rows must be a non-empty subset of {ROWS}, got {tuple(rows)}")
     train, test = _as_shards(train), _as_shards(test)
-    row = functools.partial(
-        evaluate_representation, train=train, test=test, num_classes=num_classes, view=view,
-        seed=seed, **options,
-    )  # fmt: skip
+
+    def row(name: str, encoder_: nn.Module, variables: Mapping[str, Any], **kwargs: Any):
+        into = None if details is None else details.setdefault(name, {})
+        table[name] = evaluate_representation(
+            encoder_, variables, train, test, num_classes=num_classes, view=view, seed=seed,
+            details=into, **options, **kwargs,
+        )  # fmt: skip
+
     table: dict[str, dict[str, float]] = {}
     if pretrained_variables is not None and "byol" in rows:
-        table["byol"] = row(encoder, pretrained_variables, replicated=pretrained_replicated)
+        row("byol", encoder, pretrained_variables, replicated=pretrained_replicated)
     if "random_init" not in rows and "raw_pixels" not in rows:
         return table
     share = _first_images(train, -(-calibration_images // jax.process_count()))
@@ -242,9 +257,9 @@ def baseline_table(
             mean=view.mean,
             std=view.std,
         )
-        table["random_init"] = row(encoder, random_variables)
+        row("random_init", encoder, random_variables)
     if "raw_pixels" in rows:
-        table["raw_pixels"] = row(_pixel_encoder(share), {})
+        row("raw_pixels", _pixel_encoder(share), {})
     return table
 
 
@@ -310,6 +325,9 @@ class BaselinesEvaluator:
         self.train, self.test, self.view = train, test, view
         self.num_classes, self.calibrate_bn, self.seed = num_classes, calibrate_bn, seed
         self.rows = tuple(str(r) for r in rows)
+        # Per row of the latest run: the held-out accuracy of every L2 searched, the final
+        # solve's iterations and gradient norm (written to eval_<name>.json as "details").
+        self.last_result: dict[str, Any] = {}
         self.options = dict(
             l2_grid=tuple(float(v) for v in l2_grid),
             extend_l2_grid=bool(extend_l2_grid),
@@ -327,6 +345,7 @@ class BaselinesEvaluator:
     def run(
         self, encoder: nn.Module, variables: Mapping[str, Any], *, replicated: bool = False
     ) -> dict[str, float]:
+        details: dict[str, Any] = {}
         table = baseline_table(
             encoder,
             self.train,
@@ -338,8 +357,10 @@ class BaselinesEvaluator:
             calibrate_bn=self.calibrate_bn,
             seed=self.seed,
             rows=self.rows,
+            details=details,
             **self.options,
         )
+        self.last_result = details
         return flatten(table)
 
     def describe(self, metrics: Mapping[str, float]) -> str:
