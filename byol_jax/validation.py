@@ -193,6 +193,7 @@ def validate_config(
             "one or more positive L2 strengths",
         ),
         "holdout_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        "max_iter": positive_int,
         "rows": (
             lambda v: len(v) > 0 and set(v) <= set(TABLE_ROWS),
             f"one or more of {TABLE_ROWS}",

@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
         at_end=False,
         l2_grid=(1e-2, 1e-3, 1e-4),
         extend_l2_grid=True,
+        max_iter=500,  # L-BFGS steps per fit; a row that stops here is marked "*"
         holdout_fraction=0.1,
         knn_ks=(20, 200),
         knn_temperature=0.1,

@@ -161,6 +161,7 @@ def evaluate_representation(
     view: features.View,
     l2_grid: Sequence[float] = logistic.DEFAULT_L2_GRID,
     extend_l2_grid: bool = True,
+    max_iter: int = 500,
     holdout_fraction: float = 0.1,
     knn_ks: Sequence[int] = (20, 200),
     knn_temperature: float = knn.DEFAULT_TEMPERATURE,
@@ -181,6 +182,7 @@ def evaluate_representation(
     linear = logistic.select_and_fit_sharded(
         train_x, test_x, num_classes=num_classes, l2_grid=l2_grid,
         extend_grid=extend_l2_grid, holdout_fraction=holdout_fraction, seed=seed,
+        max_iter=max_iter,
     )  # fmt: skip
     if details is not None:
         details.update(
@@ -305,6 +307,7 @@ class BaselinesEvaluator:
         view: features.View,
         l2_grid: Sequence[float] = logistic.DEFAULT_L2_GRID,
         extend_l2_grid: bool = True,
+        max_iter: int = 500,
         holdout_fraction: float = 0.1,
         knn_ks: Sequence[int] = (20, 200),
         knn_temperature: float = knn.DEFAULT_TEMPERATURE,
@@ -331,6 +334,7 @@ class BaselinesEvaluator:
         self.options = dict(
             l2_grid=tuple(float(v) for v in l2_grid),
             extend_l2_grid=bool(extend_l2_grid),
+            max_iter=int(max_iter),
             holdout_fraction=float(holdout_fraction),
             knn_ks=tuple(int(k) for k in knn_ks),
             knn_temperature=float(knn_temperature),

@@ -1,6 +1,6 @@
 """The recipe study behind the default Fashion-MNIST config (docs/recipe_study.md).
 
-    python docs/measurements/recipe_study.py --root=/tmp/study --epochs=1 default crop50 ...
+    python docs/measurements/recipe_study.py --root=/tmp/study --epochs=1 previous previous+crop50
     python docs/measurements/recipe_study.py --root=/tmp/study --list
 
 Each named recipe is ``launch.py --config=configs/fashion_mnist.py`` with the recipe's overrides,
@@ -23,9 +23,16 @@ import time
 
 from absl import app, flags
 
-# One change from the default config (configs/fashion_mnist.py) per entry unless named "+".
+# Overrides of the default config (configs/fashion_mnist.py); "a+b" applies a, then b. The
+# 2026-12-06 study screened one change at a time from "previous", the default before it.
 RECIPES: dict[str, list[str]] = {
     "default": [],
+    "previous": [
+        "--config.model.encoder=resnet18",
+        "--config.model.base_width=32",
+        "--config.augment.crop_area_min=0.35",
+        "--config.warmup_epochs=0.5",
+    ],
     "crop20": ["--config.augment.crop_area_min=0.2"],
     "crop50": ["--config.augment.crop_area_min=0.5"],
     "crop70": ["--config.augment.crop_area_min=0.7"],
@@ -49,16 +56,16 @@ RECIPES: dict[str, list[str]] = {
     "stride2_w16": ["--config.model.stem=stride2", "--config.model.base_width=16"],
     # ResNet-10 (one basic block per stage): half the depth of ResNet-18.
     "r10_s2_w32": [
-        "--config.model.encoder=resnet_tiny",
+        "--config.model.encoder=resnet10",
         "--config.model.stem=stride2",
         "--config.model.base_width=32",
     ],
     "r10_s2_w24": [
-        "--config.model.encoder=resnet_tiny",
+        "--config.model.encoder=resnet10",
         "--config.model.stem=stride2",
         "--config.model.base_width=24",
     ],
-    "r10_w64": ["--config.model.encoder=resnet_tiny", "--config.model.base_width=64"],
+    "r10_w64": ["--config.model.encoder=resnet10", "--config.model.base_width=64"],
     "width48": ["--config.model.base_width=48"],
     "width24": ["--config.model.base_width=24"],
 }
