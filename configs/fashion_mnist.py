@@ -3,8 +3,9 @@
 Launch (the README quickstart runs exactly this):
   python launch.py --config=configs/fashion_mnist.py --workdir=workdirs/fashion_mnist
 Works offline: without a prepared tfds copy it reads Debian's dataset-fashion-mnist IDX files.
-Variant ``:long`` trains 8 epochs instead of 2. Measured figures and how this recipe was chosen:
-docs/recipe_study.md.
+16 min end to end on a 2-core Intel Xeon: BYOL 85.9% linear against raw pixels' 84.8%. Variant
+``:long`` trains 8 epochs instead of 2 (about 38 min alone): 87.6% linear, above raw pixels in
+kNN too. How this recipe was chosen: docs/recipe_study.md.
 """
 
 import ml_collections
