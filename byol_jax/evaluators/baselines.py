@@ -123,6 +123,14 @@ def _population_batch_stats(
     return jax.tree.map(lambda s: (s / count).astype(np.float32), total)
 
 
+def checked_rows(rows: str | Sequence[str]) -> tuple[str, ...]:
+    """``rows`` as a tuple (one name may be given bare); a non-empty subset of ``ROWS``."""
+    rows = (rows,) if isinstance(rows, str) else tuple(str(r) for r in rows)
+    if not rows or set(rows) - set(ROWS):
+        raise ValueError(f"rows must be a non-empty subset of {ROWS}, got {rows}")
+    return rows
+
+
 def _pixel_encoder(sample: np.ndarray) -> features.PixelEncoder:
     """Raw pixels; grayscale images stored as 3 equal channels keep one (a third of the cost)."""
     sample = np.asarray(sample[:256])
@@ -231,9 +239,7 @@ def baseline_table(
     run). ``details``, when given, receives each row's ``evaluate_representation`` details
     under its name. ``options``: keywords of ``evaluate_representation``.
     """
-    unknown = sorted(set(rows) - set(ROWS))
-    if unknown or not rows:
-        raise ValueError(f"rows must be a non-empty subset of {ROWS}, got {tuple(rows)}")
+    rows = checked_rows(rows)
     train, test = _as_shards(train), _as_shards(test)
 
     def row(name: str, encoder_: nn.Module, variables: Mapping[str, Any], **kwargs: Any):
@@ -315,10 +321,7 @@ class BaselinesEvaluator:
         rows: Sequence[str] = ROWS,
         seed: int = 0,
     ):
-        if isinstance(rows, str):
-            rows = (rows,)
-        if not rows or set(rows) - set(ROWS):
-            raise ValueError(f"rows must be a non-empty subset of {ROWS}, got {tuple(rows)}")
+        rows = checked_rows(rows)
         if not l2_grid or min(l2_grid) <= 0:
             raise ValueError(f"l2_grid must hold positive L2 strengths, got {tuple(l2_grid)}")
         if not 0 < holdout_fraction < 1:
@@ -327,7 +330,7 @@ class BaselinesEvaluator:
             raise ValueError(f"knn_ks must hold positive integers, got {tuple(knn_ks)}")
         self.train, self.test, self.view = train, test, view
         self.num_classes, self.calibrate_bn, self.seed = num_classes, calibrate_bn, seed
-        self.rows = tuple(str(r) for r in rows)
+        self.rows = rows
         # Per row of the latest run: the held-out accuracy of every L2 searched, the final
         # solve's iterations and gradient norm (written to eval_<name>.json as "details").
         self.last_result: dict[str, Any] = {}

@@ -258,15 +258,20 @@ def select_and_fit(
                 max_iter=max_iter,
                 init=init,
                 pad_to=len(x_all),
-            ),  # fmt: skip
+            ),
             lambda fit_: fit_.accuracy(x_held, y_all[held_idx]),
             extend_grid,
         )
     scale = Standardizer.fit(x_all)
     final = fit(
-        scale(x_all), y_all, num_classes=num_classes, l2=best, tol=tol, max_iter=max_iter,
+        scale(x_all),
+        y_all,
+        num_classes=num_classes,
+        l2=best,
+        tol=tol,
+        max_iter=max_iter,
         init=chosen,
-    )  # fmt: skip
+    )
     return {
         "top1": final.accuracy(scale(test_features), np.asarray(test_labels)),
         "l2": best,
@@ -390,16 +395,19 @@ def select_and_fit_sharded(
                 l2=l2,
                 init=init and {"w": init.weights, "b": init.bias},
                 **common,
-            ),  # fmt: skip
+            ),
             lambda fit_: _sharded_accuracy(fit_, rows, y, held),
             extend_grid,
         )
         del rows  # frees the device copy before the next one
     scale = _standardizer(x, labelled)
     final = _sharded_fit(
-        _on_devices(scale(x), y), labelled, l2=best, **common,
+        _on_devices(scale(x), y),
+        labelled,
+        l2=best,
+        **common,
         init=chosen and {"w": chosen.weights, "b": chosen.bias},
-    )  # fmt: skip
+    )
     test_rows = _on_devices(scale(test.features), test.labels)
     return {
         "top1": _sharded_accuracy(final, test_rows, test.labels, test.mask),
