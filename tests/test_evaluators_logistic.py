@@ -1,10 +1,28 @@
 """The fair classifier: L-BFGS logistic regression against Newton's method in float64 NumPy."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from evaluator_helpers import local_features, separable_features
 
 from byol_jax.evaluators import logistic
+
+
+def test_transposed_copy_gradient_equals_autodiff():
+    # The CPU path's hand-written backward (xt @ g) against autodiff through x @ w.
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(37, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(37, 4)), jnp.float32)
+
+    def through(project):
+        return jax.grad(lambda w_: jnp.sum(jnp.sin(project(w_)) * g))(w)
+
+    custom = through(lambda w_: logistic._project(x, x.T.copy(), w_))
+    np.testing.assert_allclose(custom, through(lambda w_: x @ w_), rtol=1e-5, atol=1e-5)
+    if jax.default_backend() == "cpu":
+        np.testing.assert_array_equal(logistic.transposed_copy(x), np.asarray(x).T)
 
 
 def _newton(x, y, num_classes, l2, iterations=30):
@@ -32,7 +50,15 @@ def _newton(x, y, num_classes, l2, iterations=30):
     return w[:-1], w[-1]
 
 
-def test_lbfgs_matches_newton_on_a_small_problem():
+def _plain_autodiff(monkeypatch):
+    """What accelerators run: no transposed copy of the features, the gradient by autodiff."""
+    monkeypatch.setattr(logistic, "transposed_copy", lambda x, mapped=False: None)
+
+
+@pytest.mark.parametrize("transposed", [True, False], ids=["cpu_transposed_copy", "autodiff"])
+def test_lbfgs_matches_newton_on_a_small_problem(transposed, monkeypatch):
+    if not transposed:
+        _plain_autodiff(monkeypatch)
     rng = np.random.default_rng(0)
     n, d, c = 120, 5, 3
     y = rng.integers(0, c, n)
@@ -99,7 +125,10 @@ def test_a_choice_at_the_grid_edge_extends_the_grid_until_it_is_inside(grid):
     assert sorted(float(v) for v in fixed["holdout_top1"]) == sorted(grid)
 
 
-def test_sharded_fit_equals_host_fit_on_the_same_rows():
+@pytest.mark.parametrize("transposed", [True, False], ids=["cpu_transposed_copy", "autodiff"])
+def test_sharded_fit_equals_host_fit_on_the_same_rows(transposed, monkeypatch):
+    if not transposed:
+        _plain_autodiff(monkeypatch)
     # Rows split into 3 shards (padding between them) over 8 devices: the same held-out rows,
     # standardization, L2 choice and solution as select_and_fit on the concatenated rows.
     rng = np.random.default_rng(7)
