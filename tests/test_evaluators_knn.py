@@ -87,6 +87,28 @@ def test_sharded_bank_matches_brute_force(k, temperature, chunk_size, recall):
     assert result["num_train_examples"] == keep.sum() and result["num_test_examples"] == 70
 
 
+def test_several_ks_in_one_pass_match_brute_force_for_each_k():
+    # One top-k at the largest k serves every smaller k (the table's k=20 and k=200).
+    rng = np.random.default_rng(4)
+    train = rng.normal(size=(200, 8)).astype(np.float32)
+    labels = rng.integers(0, 5, 200).astype(np.int32)
+    queries = rng.normal(size=(50, 8)).astype(np.float32)
+    query_labels = rng.integers(0, 5, 50).astype(np.int32)
+    bank = local_features(train, labels, shards=4, rows=56)
+    query = local_features(queries, query_labels, shards=2, rows=32)
+    results = knn.sharded_knn_ks(
+        bank, query, num_classes=5, ks=(3, 40, 150), temperature=0.1, chunk_size=16,
+        return_scores=True,
+    )  # fmt: skip
+    assert sorted(results) == [3, 40, 150]
+    for k, result in results.items():
+        expected = _brute_force_scores(train, labels, queries, num_classes=5, k=k, temperature=0.1)
+        np.testing.assert_allclose(result["scores"][query.mask], expected, rtol=2e-4)
+        ranked = np.argsort(-expected, axis=1, kind="stable")
+        assert result["top1"] == pytest.approx(np.mean(ranked[:, 0] == query_labels))
+        assert result["k"] == k
+
+
 def test_sharded_knn_rejects_bad_settings():
     bank = local_features(np.ones((4, 3)), np.zeros(4, np.int32), shards=1, rows=4)
     with pytest.raises(ValueError, match="recall_target"):

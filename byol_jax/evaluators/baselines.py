@@ -204,11 +204,11 @@ def evaluate_representation(
         "converged": float(linear["converged"]),
         "dim": float(train_x.features.shape[1]),
     }
+    nearest = knn.sharded_knn_ks(
+        train_x, test_x, num_classes=num_classes, ks=knn_ks, temperature=knn_temperature
+    )
     for k in knn_ks:
-        result = knn.sharded_knn(
-            train_x, test_x, num_classes=num_classes, k=k, temperature=knn_temperature
-        )
-        row[f"knn{k}_top1"] = result["top1"]
+        row[f"knn{k}_top1"] = nearest[k]["top1"]
     return row
 
 

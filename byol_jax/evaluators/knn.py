@@ -26,7 +26,7 @@ per-shard recall is at least that target in expectation; the merge stays exact. 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -166,13 +166,14 @@ def _sharded_chunk(
     query_labels: jax.Array,
     temperature: jax.Array,
     *,
-    k: int,
+    ks: tuple[int, ...],
     num_classes: int,
     recall_target: float,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     chunk = queries.shape[0]
     every_query = parallel.gather_over_devices(queries)  # [devices * chunk, D]
     devices = every_query.shape[0] // chunk
+    k = max(ks)
     local_k = min(k, bank.shape[0])
     top_sims, top_labels = _local_top(
         every_query, bank, bank_labels, k=local_k, recall_target=recall_target
@@ -186,22 +187,23 @@ def _sharded_chunk(
     best, index = jax.lax.top_k(sims, min(k, devices * local_k))
     weights = jnp.exp(best / temperature)  # exp(-inf) = 0: fewer than k labelled rows
     votes = jax.nn.one_hot(jnp.take_along_axis(labels, index, 1), num_classes, dtype=jnp.float32)
-    scores = jnp.einsum("qk,qkc->qc", weights, votes)
-    # Ties in score: the lower class ranks first (lax.top_k), as a stable argsort does.
-    ranked = jax.lax.top_k(scores, min(5, num_classes))[1]
     valid = query_labels >= 0
-    counts = {
-        "top1": jnp.sum((ranked[:, 0] == query_labels) & valid),
-        "top5": jnp.sum(jnp.any(ranked == query_labels[:, None], axis=1) & valid),
-        "count": jnp.sum(valid),
-    }
-    return scores, parallel.sum_over_devices(counts)
+    all_scores, counts = [], {"count": jnp.sum(valid)}
+    for i, k_ in enumerate(ks):
+        # top_k sorts: the k_ nearest of every smaller k are the first k_ of the largest one.
+        scores = jnp.einsum("qk,qkc->qc", weights[:, :k_], votes[:, :k_])
+        # Ties in score: the lower class ranks first (lax.top_k), as a stable argsort does.
+        ranked = jax.lax.top_k(scores, min(5, num_classes))[1]
+        counts[f"top1_{i}"] = jnp.sum((ranked[:, 0] == query_labels) & valid)
+        counts[f"top5_{i}"] = jnp.sum(jnp.any(ranked == query_labels[:, None], axis=1) & valid)
+        all_scores.append(scores)
+    return jnp.stack(all_scores), parallel.sum_over_devices(counts)
 
 
 @functools.lru_cache(maxsize=16)
-def _sharded_fn(k: int, num_classes: int, recall_target: float):
+def _sharded_fn(ks: tuple[int, ...], num_classes: int, recall_target: float):
     fn = functools.partial(
-        _sharded_chunk, k=k, num_classes=num_classes, recall_target=recall_target
+        _sharded_chunk, ks=ks, num_classes=num_classes, recall_target=recall_target
     )
     return parallel.map_function(fn, in_axes=(0, 0, 0, 0, None))
 
@@ -231,8 +233,29 @@ def sharded_knn(
     ``return_scores`` adds this process's class scores [query rows, num_classes] (padding rows
     included).
     """
-    if temperature <= 0 or k < 1:
-        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, T={temperature}")
+    return sharded_knn_ks(
+        bank, queries, num_classes=num_classes, ks=(k,), temperature=temperature,
+        chunk_size=chunk_size, recall_target=recall_target, return_scores=return_scores,
+    )[k]  # fmt: skip
+
+
+def sharded_knn_ks(
+    bank: features.LocalFeatures,
+    queries: features.LocalFeatures,
+    *,
+    num_classes: int,
+    ks: Sequence[int] = (DEFAULT_K,),
+    temperature: float = DEFAULT_TEMPERATURE,
+    chunk_size: int = 1024,
+    recall_target: float = 1.0,
+    return_scores: bool = False,
+) -> dict[int, dict[str, Any]]:
+    """``sharded_knn`` for several ``ks`` at the cost of the largest: one similarity pass and
+    one top-k, whose first k entries are every smaller k's neighbours. Returns ``{k: result}``.
+    """
+    ks = tuple(int(k) for k in ks)
+    if temperature <= 0 or not ks or min(ks) < 1:
+        raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={ks}, T={temperature}")
     if not 0.0 < recall_target <= 1.0:
         raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
     labelled = int(parallel.sum_over_processes(np.int64(np.sum(bank.labels >= 0))))
@@ -254,8 +277,8 @@ def sharded_knn(
     calls = max(1, parallel.max_over_processes(-(-len(queries.labels) // per_call)))
     query_x = _pad_rows(_normalize(queries.features), calls * per_call)
     query_y = _pad_rows(queries.labels.astype(np.int32), calls * per_call, -1)
-    fn = _sharded_fn(int(k), int(num_classes), float(recall_target))
-    totals = {"top1": 0, "top5": 0, "count": 0}
+    fn = _sharded_fn(ks, int(num_classes), float(recall_target))
+    totals: dict[str, int] = {}
     scores = []
     for call in range(calls):
         rows = slice(call * per_call, (call + 1) * per_call)
@@ -266,23 +289,25 @@ def sharded_knn(
             parallel.shard_batch(query_y[rows]),
             jnp.float32(temperature),
         )
-        counts = parallel.fetch(counts)
-        for name in totals:
-            totals[name] += int(counts[name])
+        for name, value in parallel.fetch(counts).items():
+            totals[name] = totals.get(name, 0) + int(value)
         if return_scores:
-            scores.append(parallel.unshard_rows(out))
+            scores.append(np.asarray(out))  # [local devices, len(ks), per device, classes]
     count = max(totals["count"], 1)
-    result: dict[str, Any] = {
-        "top1": totals["top1"] / count,
-        "top5": totals["top5"] / count,
-        "k": min(int(k), labelled),
-        "temperature": float(temperature),
-        "num_train_examples": labelled,
-        "num_test_examples": totals["count"],
-    }
-    if return_scores:
-        result["scores"] = np.concatenate(scores)[: len(queries.labels)]
-    return result
+    results = {}
+    for i, k in enumerate(ks):
+        results[k] = {
+            "top1": totals[f"top1_{i}"] / count,
+            "top5": totals[f"top5_{i}"] / count,
+            "k": min(k, labelled),
+            "temperature": float(temperature),
+            "num_train_examples": labelled,
+            "num_test_examples": totals["count"],
+        }
+        if return_scores:
+            rows = [block[:, i].reshape(-1, block.shape[-1]) for block in scores]
+            results[k]["scores"] = np.concatenate(rows)[: len(queries.labels)]
+    return results
 
 
 class KnnEvaluator:
