@@ -22,7 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.warmup_epochs = 0.25
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
-    config.optimizer.base_lr = 2.0
+    # LARS base LR 4 (1.0 at batch 64): at 1 epoch +1.2 linear / +0.4 kNN-200 over 2, kNN-20
+    # equal; 1 is worse on every column, 8 loses 2.4 kNN-20 (docs/recipe_study.md).
+    config.optimizer.base_lr = 4.0
     config.optimizer.weight_decay = 1e-5
     config.base_tau = 0.98  # short run: a faster-moving target (+1.0 linear at 2 epochs)
     # ResNet-10 at base width 64 (512-d features) instead of ResNet-18 at 32 (256-d): half the

@@ -44,6 +44,7 @@ RECIPES: dict[str, list[str]] = {
     "tau960": ["--config.base_tau=0.96"],
     "lr1": ["--config.optimizer.base_lr=1.0"],
     "lr4": ["--config.optimizer.base_lr=4.0"],
+    "lr8": ["--config.optimizer.base_lr=8.0"],
     "wd1e-4": ["--config.optimizer.weight_decay=1e-4"],
     "wd1e-6": ["--config.optimizer.weight_decay=1e-6"],
     "batch32": ["--config.batch_size=32"],
