@@ -210,7 +210,7 @@ def knn_program(
     options = config.evals.knn
     fn = functools.partial(
         knn_eval._sharded_chunk,
-        k=int(options.get("k", knn_eval.DEFAULT_K)),
+        ks=(int(options.get("k", knn_eval.DEFAULT_K)),),
         num_classes=num_classes,
         recall_target=float(options.get("recall_target", 1.0)),
     )
