@@ -170,7 +170,7 @@ def main(argv: list[str]) -> None:
         _fail(str(error))
     _enable_compilation_cache(config, workdir)
     # Imported after validation: they pull in TensorFlow (seconds) that a typo should not wait on.
-    from byol_jax import checkpoint, export, train
+    from byol_jax import checkpoint, export, train, workdir_config
 
     try:
         if jax.process_index() == 0:
@@ -190,7 +190,7 @@ def main(argv: list[str]) -> None:
         export.ExportError,
         train.EvaluatorError,
         train.NonFiniteLossError,
-        train.ConfigConflictError,
+        workdir_config.ConfigConflictError,
         train.ReplicaMismatchError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -253,12 +253,12 @@ def _cpu_autotune(config) -> tuple:
 
 def _evaluate(mode: str, config, workdir: str) -> dict:
     """The non-training modes; all read the newest checkpoint in ``workdir``."""
-    from byol_jax import export, storage, train
+    from byol_jax import export, storage, train, workdir_config
 
     data = config.data
     if mode in EVAL_MODES:
         return train.evaluate_workdir(config, workdir, EVAL_MODES[mode])
-    train.ensure_encoder_spec(config, workdir)  # workdirs of earlier versions
+    workdir_config.ensure_encoder_spec(config, workdir)  # workdirs of earlier versions
     if mode == "export":
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
     split = FLAGS.split or data.eval_split

@@ -40,6 +40,7 @@ from byol_jax import (
     report,
     storage,
     train_state,
+    workdir_config,
 )
 from byol_jax import data as input_pipeline
 from byol_jax.evaluators import baselines, registry
@@ -326,109 +327,6 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-# Config sections that must not change under an existing run's checkpoints.
-_FIXED_KEYS = (
-    "model",
-    "data.dataset",
-    "data.folder",
-    "data.image_size",
-    "data.source_size",
-    "seed",
-)
-# Keys added after runs were saved without them: a missing key meant this (the old behaviour).
-_ADDED_KEY_DEFAULTS = {
-    "model.padding": "symmetric",
-    "model.projection_shortcuts": False,
-    "data.folder": "",
-    "data.folder_labels": False,
-}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_and_save_config(
-    config: ml_collections.ConfigDict,
-    workdir: storage.PathLike,
-    *,
-    allow_config_change: bool = False,
-) -> None:
-    """Write ``workdir/config.json``; refuse a run whose model/data differ from the saved one."""
-    path = storage.path(workdir) / "config.json"
-    new = json.loads(config.to_json_best_effort())
-    has_checkpoints = bool(checkpoint.step_dirs(workdir))
-    if path.exists() and has_checkpoints and not allow_config_change:
-        _refuse_changes(path, new, workdir)
-    # Written whole: a crash never leaves a half-written config.
-    storage.write_text(path, json.dumps(new, indent=2, sort_keys=True))
-    write_encoder_spec(config, workdir)
-
-
-def _refuse_changes(path: Any, new: dict[str, Any], workdir: storage.PathLike) -> None:
-    old = _flatten(json.loads(storage.read_text(path)))
-    flat_new = _flatten(new)
-    changed = sorted(
-        key
-        for key in set(old) | set(flat_new)
-        if key.startswith(_FIXED_KEYS)
-        and old.get(key, _ADDED_KEY_DEFAULTS.get(key)) != flat_new.get(key)
-    )
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {flat_new.get(k)!r}" for k in changed[:5])
-        raise ConfigConflictError(
-            f"{workdir} holds checkpoints of a different run ({diffs}). Use a new --workdir, "
-            "or pass --allow_config_change to resume anyway."
-        )
-
-
-def encoder_spec(config: ml_collections.ConfigDict) -> features.EncoderSpec:
-    """The encoder's architecture and input convention (``workdir/encoder.json``)."""
-    model, data = config.model, config.data
-    return features.EncoderSpec(
-        encoder=model.encoder,
-        width=int(model.width),
-        base_width=int(model.base_width) or None,  # 0 keeps the variant's default
-        stem=model.stem,
-        dtype=model.dtype,
-        image_size=int(data.image_size),
-        source_size=int(data.source_size),
-        crop_fraction=float(data.eval_crop_fraction),
-        mean=tuple(data.mean),
-        std=tuple(data.std),
-        padding=model.padding,
-        projection_shortcuts=bool(model.projection_shortcuts),
-    )
-
-
-def write_encoder_spec(config: ml_collections.ConfigDict, workdir: storage.PathLike) -> None:
-    """``workdir/encoder.json``: what evaluation and export read instead of the config."""
-    path = storage.path(workdir) / export.SPEC_FILE
-    storage.write_text(path, json.dumps(encoder_spec(config).to_json(), indent=2))
-
-
-def ensure_encoder_spec(config: ml_collections.ConfigDict, workdir: storage.PathLike) -> None:
-    """Workdirs of earlier versions lack ``encoder.json``: write it from ``config`` after checking
-    that the config's model and data match the workdir's ``config.json``."""
-    if (storage.path(workdir) / export.SPEC_FILE).exists():
-        return
-    path = storage.path(workdir) / "config.json"
-    if not path.exists():
-        return  # not a workdir: export.read_encoder explains
-    _refuse_changes(path, json.loads(config.to_json_best_effort()), workdir)
-    write_encoder_spec(config, workdir)
-
-
-class ConfigConflictError(ValueError):
-    """The config differs from the one that wrote the checkpoints in the workdir."""
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: storage.PathLike,
@@ -468,7 +366,9 @@ def train_and_evaluate(
         conv_plan=conv_plan,
     )
     if is_chief:
-        check_and_save_config(config, workdir, allow_config_change=allow_config_change)
+        workdir_config.check_and_save_config(
+            config, workdir, allow_config_change=allow_config_change
+        )
 
     manager = checkpoint.create_manager(
         workdir, max_to_keep=config.keep_checkpoints, asynchronous=config.async_checkpoints
@@ -766,7 +666,7 @@ def evaluate_workdir(
     """``--mode=knn/linear_eval/fine_tune/baselines``: the ``config.evals`` entries of type
     ``kind``, run on the newest checkpoint's encoder in ``workdir`` (restored alone, not the
     whole TrainState). Writes ``workdir/eval_<name>.json`` per entry."""
-    ensure_encoder_spec(config, workdir)
+    workdir_config.ensure_encoder_spec(config, workdir)
     encoder, variables, spec = export.read_encoder(workdir)
     data = eval_data(
         config,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import byol_jax
-from byol_jax import checkpoint, export, features, train
+from byol_jax import checkpoint, export, features, train, workdir_config
 from byol_jax import data as input_pipeline
 from configs import smoke
 
@@ -148,9 +148,9 @@ def test_workdir_without_encoder_json_gets_one_from_a_matching_config(run, tmp_p
         export.read_encoder(old)
     changed = config.copy_and_resolve_references()
     changed.model.width = 2
-    with pytest.raises(train.ConfigConflictError, match="model.width"):
-        train.ensure_encoder_spec(changed, old)
-    train.ensure_encoder_spec(config, old)
+    with pytest.raises(workdir_config.ConfigConflictError, match="model.width"):
+        workdir_config.ensure_encoder_spec(changed, old)
+    workdir_config.ensure_encoder_spec(config, old)
     np.testing.assert_array_equal(
         export.load_encoder(old)(images), export.load_encoder(workdir)(images)
     )

@@ -16,7 +16,7 @@ from launch_helpers import (
     wait_for_line,
 )
 
-from byol_jax import checkpoint, metrics_io, train
+from byol_jax import checkpoint, metrics_io, train, workdir_config
 from configs import smoke
 
 # Long enough to interrupt mid-run; checkpoints every 4 steps. (SIGTERM, and resuming after it,
@@ -145,19 +145,19 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_workdir_with_other_model_is_refused_unless_allowed(tmp_path):
     config = smoke.get_config()
     os.makedirs(tmp_path / "checkpoints" / "3")
-    train.check_and_save_config(config, str(tmp_path))
+    workdir_config.check_and_save_config(config, str(tmp_path))
     other = smoke.get_config()
     other.model.encoder = "resnet18"
     with pytest.raises(
-        train.ConfigConflictError, match="model.encoder: 'resnet_tiny' -> 'resnet18'"
+        workdir_config.ConfigConflictError, match="model.encoder: 'resnet_tiny' -> 'resnet18'"
     ):
-        train.check_and_save_config(other, str(tmp_path))
-    train.check_and_save_config(other, str(tmp_path), allow_config_change=True)
+        workdir_config.check_and_save_config(other, str(tmp_path))
+    workdir_config.check_and_save_config(other, str(tmp_path), allow_config_change=True)
     # Changing what does not affect the checkpoint layout is fine.
     more_steps = smoke.get_config()
     more_steps.model.encoder = "resnet18"
     more_steps.num_steps = 100
-    train.check_and_save_config(more_steps, str(tmp_path))
+    workdir_config.check_and_save_config(more_steps, str(tmp_path))
 
 
 def test_sigint_and_sigterm_become_a_stop_request_and_handlers_are_restored():
