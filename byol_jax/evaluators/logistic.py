@@ -20,10 +20,10 @@ L-BFGS iterations on the global objective. The held-out split, the standardizati
 moments summed over processes) and the grid are those of ``select_and_fit`` on the rows in
 process order, so both give the same answer up to float summation order.
 
-On CPU the features are also kept transposed beside themselves (twice their memory): the
-gradient's product ``x.T @ g`` then reads a row-major ``x.T``, which XLA:CPU runs about 3.5x
-faster than the transposed product on ``x`` (54,000 x 512 features: 20 vs 72 ms), and one
-L-BFGS iteration is mostly that product.
+On CPU each solve first makes a transposed copy of its features (twice their memory while it
+runs): the gradient's product ``x.T @ g`` then reads a row-major ``x.T``, which XLA:CPU runs
+about 3.5x faster than the transposed product on ``x`` (54,000 x 512 features: 20 vs 72 ms),
+and one L-BFGS iteration is mostly that product.
 """
 
 from __future__ import annotations
@@ -89,20 +89,16 @@ def _logits(x: jax.Array, xt: jax.Array | None, params: dict[str, jax.Array]) ->
     return (x @ params["w"] if xt is None else _project(x, xt, params["w"])) + params["b"]
 
 
-def transposed_copy(x: jax.Array, *, mapped: bool = False) -> jax.Array | None:
-    """``x.T`` where it speeds up the gradient (the CPU backend, module docstring), None
-    elsewhere (plain autodiff). ``mapped``: ``x`` is [local devices, n, D] rows of
-    ``parallel.shard_rows``; each device transposes its own block, which stays on it."""
-    if jax.default_backend() != "cpu":
-        return None
-    if mapped:
-        return _transpose_on_devices()(x)
-    return jnp.asarray(x).T.copy()
+def use_transposed_copy() -> bool:
+    """Whether solves keep a transposed copy of the features for the gradient: on the CPU
+    backend (module docstring); GPUs and TPUs use plain autodiff."""
+    return jax.default_backend() == "cpu"
 
 
-@functools.lru_cache(maxsize=1)
-def _transpose_on_devices() -> Callable:
-    return parallel.map_function(lambda block: block.T)
+def _transposed(x: jax.Array, transposed: bool) -> jax.Array | None:
+    # Made once per solve, before the L-BFGS loop; the barrier keeps XLA from folding the
+    # transpose back into the gradient's product.
+    return jax.lax.optimization_barrier(x.T) if transposed else None
 
 
 def _loss(params: dict[str, jax.Array], x, xt, y, weight, l2, num_classes: int) -> jax.Array:
@@ -112,8 +108,9 @@ def _loss(params: dict[str, jax.Array], x, xt, y, weight, l2, num_classes: int) 
     return ce + 0.5 * l2 * jnp.sum(params["w"] ** 2)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter"))
-def _solve(params, x, xt, y, weight, l2, tol, *, num_classes: int, max_iter: int):
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_iter", "transposed"))
+def _solve(params, x, y, weight, l2, tol, *, num_classes: int, max_iter: int, transposed: bool):
+    xt = _transposed(x, transposed)
     fun = functools.partial(_loss, x=x, xt=xt, y=y, weight=weight, l2=l2, num_classes=num_classes)
     return _lbfgs_minimize(fun, params, tol, max_iter)
 
@@ -187,7 +184,6 @@ def fit(
     rows = max(pad_to or count, count)
     weight = jnp.asarray(np.arange(rows) < count, jnp.float32)
     x = jnp.asarray(np.pad(np.asarray(x, np.float32), ((0, rows - count), (0, 0))))
-    xt = transposed_copy(x)
     y = jnp.asarray(np.pad(np.asarray(y, np.int32), (0, rows - count)))
     if init is not None:
         params = {"w": jnp.asarray(init.weights), "b": jnp.asarray(init.bias)}
@@ -199,13 +195,13 @@ def fit(
     params, count, norm = _solve(
         params,
         x,
-        xt,
         y,
         weight,
         jnp.float32(l2),
         jnp.float32(tol),
         num_classes=num_classes,
         max_iter=max_iter,
+        transposed=use_transposed_copy(),
     )
     norm = float(norm)
     return Fit(
@@ -332,7 +328,9 @@ def select_and_fit(
 # ---- rows split over every device of every process ------------------------------------------
 
 
-def _sharded_solve(params, x, xt, y, weight, total, l2, tol, *, max_iter: int):
+def _sharded_solve(params, x, y, weight, total, l2, tol, *, max_iter: int, transposed: bool):
+    xt = _transposed(x, transposed)  # each device transposes its own rows
+
     def fun(p):
         logits = _logits(x, xt, parallel.shared(p))
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -348,21 +346,12 @@ def _sharded_correct(params, x, y, weight):
 
 
 @functools.lru_cache(maxsize=8)
-def _sharded_solve_fn(max_iter: int, transposed: bool) -> Callable:
-    """The mapped solve of ``(params, x, [xt,] y, weight, total, l2, tol)``; ``xt`` is passed
-    only when ``transposed`` (a None argument cannot be mapped)."""
-
-    def solve(params, x, *rest):
-        xt, rest = (rest[0], rest[1:]) if transposed else (None, rest)
-        return _sharded_solve(params, x, xt, *rest, max_iter=max_iter)
-
-    rows = (0, 0, 0) if transposed else (0, 0)
-    return parallel.map_function(solve, in_axes=(None, *rows, 0, None, None, None))
-
-
-@functools.lru_cache(maxsize=1)
-def _sharded_correct_fn() -> Callable:
-    return parallel.map_function(_sharded_correct, in_axes=(None, 0, 0, 0))
+def _sharded_fns(max_iter: int, transposed: bool):
+    solve = parallel.map_function(
+        functools.partial(_sharded_solve, max_iter=max_iter, transposed=transposed),
+        in_axes=(None, 0, 0, 0, None, None, None),
+    )
+    return solve, parallel.map_function(_sharded_correct, in_axes=(None, 0, 0, 0))
 
 
 def _standardizer(x: np.ndarray, rows: np.ndarray, block: int = 4096) -> Standardizer:
@@ -382,12 +371,10 @@ def _standardizer(x: np.ndarray, rows: np.ndarray, block: int = 4096) -> Standar
     return Standardizer(mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
 
 
-def _on_devices(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-    """Rows onto the devices once per standardization (every fit and score reuses them): the
-    features, their per-device transpose where it helps (``transposed_copy``), the labels."""
+def _on_devices(x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """Rows onto the devices once per standardization (every fit and score reuses them)."""
     y = np.where(y >= 0, y, 0).astype(np.int32)  # padding rows carry weight 0
-    x = parallel.shard_rows(x.astype(np.float32, copy=False))
-    return x, transposed_copy(x, mapped=True), parallel.shard_rows(y)
+    return parallel.shard_rows(x.astype(np.float32, copy=False)), parallel.shard_rows(y)
 
 
 def _sharded_fit(rows, weight, *, num_classes, l2, tol, max_iter, init=None) -> Fit:
@@ -396,22 +383,21 @@ def _sharded_fit(rows, weight, *, num_classes, l2, tol, max_iter, init=None) -> 
         "w": np.zeros((rows[0].shape[-1], num_classes), np.float32),
         "b": np.zeros((num_classes,), np.float32),
     }
-    transposed = rows[1] is not None
-    solve = _sharded_solve_fn(int(max_iter), transposed)
+    solve, _ = _sharded_fns(int(max_iter), use_transposed_copy())
     weights = parallel.shard_rows(weight.astype(np.float32))
-    scalars = np.float32(total), np.float32(l2), np.float32(tol)
-    out, count, norm = solve(params, *(r for r in rows if r is not None), weights, *scalars)
+    out, count, norm = solve(
+        params, *rows, weights, np.float32(total), np.float32(l2), np.float32(tol)
+    )
     out = jax.tree.map(lambda a: np.asarray(a[0]), out)
     norm = float(np.asarray(norm)[0])
     return Fit(out["w"], out["b"], float(l2), int(np.asarray(count)[0]), norm, norm < tol)
 
 
 def _sharded_accuracy(fit_: Fit, rows, y: np.ndarray, selected: np.ndarray) -> float:
-    correct = _sharded_correct_fn()
+    _, correct = _sharded_fns(1, False)
     params = {"w": fit_.weights, "b": fit_.bias}
     weights = parallel.shard_rows((selected & (y >= 0)).astype(np.float32))
-    x, _, labels = rows
-    counts = parallel.fetch(correct(params, x, labels, weights))
+    counts = parallel.fetch(correct(params, *rows, weights))
     return float(counts["correct"]) / max(int(counts["count"]), 1)
 
 
