@@ -38,13 +38,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from byol_jax import accelerators, features, flop_count, models, parallel, train
+from byol_jax.evaluators import classifier as linear_classifier
 from byol_jax.evaluators import knn as knn_eval
-from byol_jax.evaluators import linear as linear_eval
 
 DEFAULT_NUM_CLASSES = 1000
 DEFAULT_NUM_TRAIN_EXAMPLES = 1_281_167  # ImageNet train; only shapes the LR/EMA schedules
@@ -112,8 +113,8 @@ def linear_eval_program(
 ) -> tuple[Callable, tuple[Any, ...]]:
     """The linear evaluation's mapped training call (``steps_per_call`` steps) and its inputs.
 
-    Built from linear_eval's own pieces (``_Spec``, ``_init_state``, ``_train_chunk``) the way
-    ``linear_evaluation`` builds them, on the pretrained online encoder's shapes.
+    Built from ``evaluators.classifier``'s pieces (``Spec``, ``init_state``, ``train_chunk``) the
+    way ``linear_evaluation`` builds them, on the pretrained online encoder's shapes.
     """
     experiment = train.build_experiment(
         config,
@@ -127,10 +128,8 @@ def linear_eval_program(
         "params": state.online_params["encoder"],
         "batch_stats": state.online_batch_stats["encoder"],
     }
-    spec = linear_eval._Spec(
-        head=linear_eval.nn.Dense(
-            num_classes, kernel_init=linear_eval.nn.initializers.zeros, name="head"
-        ),
+    spec = linear_classifier.Spec(
+        head=nn.Dense(num_classes, kernel_init=nn.initializers.zeros, name="head"),
         encoder=encoder,
         image_size=int(config.data.image_size),
         crop_fraction=float(config.data.eval_crop_fraction),
@@ -144,7 +143,7 @@ def linear_eval_program(
     )
     dim = models.embedding_dim(encoder)
     classifier = jax.eval_shape(
-        lambda v: linear_eval._init_state(spec, v, dim, peak_lr=0.1, total_steps=1), variables
+        lambda v: linear_classifier.init_state(spec, v, dim, peak_lr=0.1, total_steps=1), variables
     )
     count, size, k = len(devices), config.data.source_size, steps_per_call
     chunk = {
@@ -153,7 +152,7 @@ def linear_eval_program(
         "valid": jax.ShapeDtypeStruct((count, k), jnp.bool_),
     }
     mapped = parallel.map_function(
-        functools.partial(linear_eval._train_chunk, spec=spec),
+        functools.partial(linear_classifier.train_chunk, spec=spec),
         donate_argnums=(0,),
         devices=devices,
     )

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from evaluator_helpers import MEAN, STD, coloured_images, in_memory_data, tiny_encoder
 
-from byol_jax.evaluators import linear, registry
+from byol_jax.evaluators import linear, registry, shard_feed
 
 
 @pytest.fixture(scope="module", name="tiny_encoder")
@@ -39,12 +39,12 @@ def test_frozen_encoder_is_untouched_and_fine_tuning_updates_it(tiny_encoder):
 def test_label_subset_is_class_balanced_and_deterministic():
     labels = np.repeat(np.arange(4), [100, 200, 50, 10])
     labels = np.concatenate([labels, -np.ones(30, int)])  # unlabelled examples never chosen
-    subset = linear.label_subset(labels, 0.1, seed=0)
+    subset = shard_feed.label_subset(labels, 0.1, seed=0)
     counts = np.bincount(labels[subset], minlength=4)
     np.testing.assert_array_equal(counts, [10, 20, 5, 1])
-    np.testing.assert_array_equal(subset, linear.label_subset(labels, 0.1, seed=0))
+    np.testing.assert_array_equal(subset, shard_feed.label_subset(labels, 0.1, seed=0))
     with pytest.raises(ValueError):
-        linear.label_subset(labels, 0.0)
+        shard_feed.label_subset(labels, 0.0)
 
 
 def test_fine_tune_evaluator_trains_the_encoder_on_the_label_fraction(tiny_encoder):
@@ -55,7 +55,7 @@ def test_fine_tune_evaluator_trains_the_encoder_on_the_label_fraction(tiny_encod
     scheduled = registry.build("ft", entry, in_memory_data(splits, size=8))
     metrics = scheduled.run(encoder, variables)
     result = scheduled.evaluator.last_result
-    expected = len(linear.label_subset(splits["train"].labels, 0.25, seed=0))
+    expected = len(shard_feed.label_subset(splits["train"].labels, 0.25, seed=0))
     assert result["num_train_examples"] == expected < 160
     assert result["settings"]["mode"] == "fine_tune"
     assert set(metrics) == {"ft_top1", "ft_top5"} and 0.0 <= metrics["ft_top1"] <= 1.0

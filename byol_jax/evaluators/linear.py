@@ -25,81 +25,31 @@ Two ways to feed the classifier:
   epochs then train the linear layer on the stored features. The result is exactly what the slow
   path would compute for unaugmented inputs, at a fraction of the cost on CPU.
 
-Everything is mapped over the local devices with ``parallel.map_function`` (one host; for
-multi-host runs the caller must hand each process identical arrays). Many steps run inside one
-compiled call (``lax.scan``), so tiny linear steps on precomputed features do not pay a Python
-dispatch each.
+The classifier and its compiled steps live in ``classifier.py`` (many steps scanned inside one
+call, so tiny linear steps on precomputed features do not pay a Python dispatch each); the
+per-process shards that feed it, label subsets and held-out parts in ``shard_feed.py``. This
+module is the protocol: the LR sweep on held-out train examples, the final fit, test accuracy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
-import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
-from byol_jax import augment, features, parallel
+from byol_jax import features, parallel
+from byol_jax.evaluators import classifier, shard_feed
 from byol_jax.evaluators.base import EvalData
 from byol_jax.features import LabeledImages
 
 PAPER_LR_SWEEP: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1, 0.05)
-MOMENTUM = 0.9
-
-
-# ---- data --------------------------------------------------------------------------------------
-
-
-def label_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a class-balanced ``fraction`` of the labelled examples (>= 1 per class).
-
-    Unlabelled examples (label < 0) are never selected.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for cls in np.unique(labels[labels >= 0]):
-        members = np.flatnonzero(labels == cls)
-        count = max(1, int(round(fraction * len(members))))
-        chosen.append(rng.permutation(members)[:count])
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-
-
-def _padded_batches(
-    arrays: Mapping[str, np.ndarray], batch_size: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of exactly ``batch_size`` with a ``mask``; the last one padded with zeros."""
-    count = len(next(iter(arrays.values())))
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        pad = batch_size - (stop - start)
-        batch = {
-            name: np.concatenate([a[start:stop], np.zeros((pad, *a.shape[1:]), a.dtype)])
-            for name, a in arrays.items()
-        }
-        batch["mask"] = np.arange(batch_size) < stop - start
-        yield batch
-
-
-def _unshard(x: jax.Array) -> np.ndarray:
-    """[devices, per-device, ...] output of a mapped function → host [devices * per-device, ...]."""
-    x = np.asarray(x)
-    return x.reshape(-1, *x.shape[2:])
-
-
-# ---- feature extraction --------------------------------------------------------------------
 
 
 def encode_images(
@@ -123,338 +73,16 @@ def feature_dim(encoder: nn.Module, variables: Mapping[str, Any], image_size: in
     return features.feature_dim(encoder, variables, features.View(image_size, 1.0, (), ()))
 
 
-# ---- the classifier ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    """Static (hashable) description of one evaluator; keys the compilation cache."""
-
-    head: nn.Module
-    encoder: nn.Module | None  # None: the inputs are precomputed features
-    image_size: int
-    crop_fraction: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    augment: bool
-    fine_tune: bool
-    weight_decay: float
-    seed: int
-    top_k: int
-
-
-@flax.struct.dataclass
-class ClassifierState:
-    """Linear head (and, when fine-tuning, encoder) being trained, with its optimizer state."""
-
-    step: jax.Array
-    total_steps: jax.Array  # traced, so runs of different lengths share one compilation
-    peak_lr: jax.Array  # traced, so an LR sweep compiles once
-    head_params: Any
-    encoder_params: Any
-    batch_stats: Any
-    opt_state: Any
-
-
-def _optimizer(weight_decay: float) -> optax.GradientTransformation:
-    # SGD + Nesterov momentum without the LR: the cosine LR is applied in the step, after the
-    # momentum trace (as optax.sgd and PyTorch do), from the traced peak LR.
-    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-    return optax.chain(*parts, optax.trace(decay=MOMENTUM, nesterov=True))
-
-
-def _trainable(state: ClassifierState, fine_tune: bool) -> dict[str, Any]:
-    trainable = {"head": state.head_params}
-    if fine_tune:
-        trainable["encoder"] = state.encoder_params
-    return trainable
-
-
-def _represent(
-    spec: _Spec,
-    encoder_params: Any,
-    batch_stats: Any,
-    inputs: jax.Array,
-    *,
-    train: bool,
-    step: jax.Array,
-) -> tuple[jax.Array, Any]:
-    """Features of a local batch (and the new BN statistics when fine-tuning)."""
-    if spec.encoder is None:
-        return inputs.astype(jnp.float32), batch_stats
-    if train and spec.augment:
-        # Per-example keys from (seed, step, global example index): independent of the layout.
-        key = jax.random.fold_in(jax.random.key(spec.seed), step)
-        index = parallel.global_example_index(inputs.shape[0])
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
-        crop = functools.partial(augment.random_crop_flip, out_size=spec.image_size)
-        views = augment.normalize(jax.vmap(crop)(keys, inputs), spec.mean, spec.std)
-    else:
-        view = features.View(spec.image_size, spec.crop_fraction, spec.mean, spec.std)
-        views = features.eval_views(inputs, view)
-    variables = {"params": encoder_params, "batch_stats": batch_stats}
-    if train and spec.fine_tune:
-        feats, updates = spec.encoder.apply(variables, views, train=True, mutable=["batch_stats"])
-        return feats.astype(jnp.float32), updates.get("batch_stats", batch_stats)
-    return spec.encoder.apply(variables, views, train=False).astype(jnp.float32), batch_stats
-
-
-def _cosine_lr(state: ClassifierState) -> jax.Array:
-    progress = jnp.minimum(state.step, state.total_steps) / jnp.maximum(state.total_steps, 1)
-    return state.peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-
-
-def _train_step(
-    state: ClassifierState, batch: dict[str, jax.Array], *, spec: _Spec
-) -> tuple[ClassifierState, jax.Array]:
-    def loss_fn(trainable):
-        encoder_params = trainable.get("encoder", state.encoder_params)
-        feats, new_stats = _represent(
-            spec, encoder_params, state.batch_stats, batch["inputs"], train=True, step=state.step
-        )
-        if not spec.fine_tune:
-            feats = jax.lax.stop_gradient(feats)  # frozen: no backward pass into it
-        logits = spec.head.apply({"params": trainable["head"]}, feats)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, new_stats
-
-    trainable = _trainable(state, spec.fine_tune)
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-    # Equal local batches: the mean of local means is the global-batch gradient.
-    grads = parallel.mean_over_devices(grads)
-    updates, opt_state = _optimizer(spec.weight_decay).update(grads, state.opt_state, trainable)
-    lr = _cosine_lr(state)
-    trainable = jax.tree.map(lambda p, u: p - lr * u, trainable, updates)
-    new_state = state.replace(
-        step=state.step + 1,
-        head_params=trainable["head"],
-        encoder_params=trainable.get("encoder", state.encoder_params),
-        batch_stats=new_stats,
-        opt_state=opt_state,
-    )
-    # Padding steps at the end of the last chunk leave the state untouched.
-    new_state = jax.tree.map(lambda n, o: jnp.where(batch["valid"], n, o), new_state, state)
-    return new_state, parallel.mean_over_devices(loss)
-
-
-def _train_chunk(
-    state: ClassifierState, chunk: dict[str, jax.Array], *, spec: _Spec
-) -> tuple[ClassifierState, jax.Array]:
-    return jax.lax.scan(functools.partial(_train_step, spec=spec), state, chunk)
-
-
-def _eval_counts(
-    state: ClassifierState, batch: dict[str, jax.Array], *, spec: _Spec
-) -> dict[str, jax.Array]:
-    feats, _ = _represent(
-        spec, state.encoder_params, state.batch_stats, batch["inputs"], train=False, step=state.step
-    )
-    logits = spec.head.apply({"params": state.head_params}, feats)
-    labels = batch["label"]
-    valid = batch["mask"] & (labels >= 0)
-    top = jax.lax.top_k(logits, spec.top_k)[1]
-    top1 = (top[:, 0] == labels) & valid
-    topk = jnp.any(top == labels[:, None], axis=-1) & valid
-    return parallel.sum_over_devices(
-        {"top1": jnp.sum(top1), "top5": jnp.sum(topk), "count": jnp.sum(valid)}
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _mapped_fns(spec: _Spec) -> tuple[Callable, Callable]:
-    train = parallel.map_function(functools.partial(_train_chunk, spec=spec), donate_argnums=(0,))
-    count = parallel.map_function(functools.partial(_eval_counts, spec=spec))
-    return train, count
-
-
-def _init_state(
-    spec: _Spec,
-    encoder_variables: Mapping[str, Any],
-    dim: int,
-    *,
-    peak_lr: float,
-    total_steps: int,
-) -> ClassifierState:
-    head_params = spec.head.init(jax.random.key(spec.seed), jnp.zeros((1, dim), jnp.float32))
-    state = ClassifierState(
-        step=jnp.zeros((), jnp.int32),
-        total_steps=jnp.asarray(total_steps, jnp.int32),
-        peak_lr=jnp.asarray(peak_lr, jnp.float32),
-        head_params=head_params["params"],
-        encoder_params=encoder_variables.get("params", {}),
-        batch_stats=encoder_variables.get("batch_stats", {}),
-        opt_state=None,
-    )
-    return state.replace(
-        opt_state=_optimizer(spec.weight_decay).init(_trainable(state, spec.fine_tune))
-    )
-
-
-# ---- the training set as per-process shards ----------------------------------------------------
-#
-# A split is cut into ``shards`` virtual shards (``features.SplitShards``); process p of P owns
-# S/P of them. Global batch t takes B/S examples from every shard, in shard order, so it holds
-# the same examples in the same positions whatever P is: with the per-example augmentation keys
-# of ``_represent`` (seed, step, global position) the result does not depend on the process
-# count. Each epoch, every shard's selected examples are cut into windows of ``shuffle_window``
-# that are permuted by (seed, epoch, shard, window): a streamed shard then needs only one window
 # in host memory, and the in-memory path gives the same order.
 
 
-@dataclasses.dataclass
-class _Source:
-    """One owned shard of a training or test set: its real examples in order, in chunks."""
-
-    chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # (inputs, labels)
-    labels: Callable[[], np.ndarray]  # all labels of the shard, in order
-    shard: int  # global shard index
-
-
-def _image_sources(split: features.SplitShards) -> list[_Source]:
-    def chunks(shard: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for batch in split.batches(shard):
-            keep = np.asarray(batch["mask"], bool)
-            yield np.asarray(batch["image"])[keep], np.asarray(batch["label"])[keep]
-
-    return [
-        _Source(functools.partial(chunks, v), functools.partial(split.labels, v), v)
-        for v in split.owned
-    ]
-
-
-def _feature_sources(local: features.LocalFeatures, first_shard: int) -> list[_Source]:
-    sources = []
-    for i in range(len(local.labels) // local.shard_rows):
-        x, y = local.shard(i)
-        sources.append(_Source(lambda x=x, y=y: iter([(x, y)]), lambda y=y: y, first_shard + i))
-    return sources
-
-
-def _selected(source: _Source, keep: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The shard's examples whose position is kept (``keep``: bool per example; None: all)."""
-    position = 0
-    for inputs, labels in source.chunks():
-        if keep is None:
-            yield inputs, labels
-        else:
-            mask = keep[position : position + len(labels)]
-            yield inputs[mask], labels[mask]
-        position += len(labels)
-
-
-def _pieces(
-    source: _Source, keep: np.ndarray, piece: int, seed: int, epoch: int, window: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``piece``-sized parts of one epoch of a shard: windows of its kept examples, permuted."""
-    held_x: list[np.ndarray] = []
-    held_y: list[np.ndarray] = []
-    count, index = 0, 0
-    left_x = left_y = None
-
-    def flush(x, y, index):
-        order = np.random.default_rng([seed, epoch, source.shard, index]).permutation(len(y))
-        return x[order], y[order]
-
-    def emit(x, y):
-        nonlocal left_x, left_y
-        if left_x is not None:
-            x, y = np.concatenate([left_x, x]), np.concatenate([left_y, y])
-        whole = len(y) // piece * piece
-        for start in range(0, whole, piece):
-            yield x[start : start + piece], y[start : start + piece]
-        left_x, left_y = x[whole:], y[whole:]
-
-    for inputs, labels in _selected(source, keep):
-        while len(labels):
-            take = min(window - count, len(labels))
-            held_x.append(inputs[:take])
-            held_y.append(labels[:take])
-            inputs, labels, count = inputs[take:], labels[take:], count + take
-            if count == window:
-                yield from emit(*flush(np.concatenate(held_x), np.concatenate(held_y), index))
-                held_x, held_y, count, index = [], [], 0, index + 1
-    if count:
-        yield from emit(*flush(np.concatenate(held_x), np.concatenate(held_y), index))
-
-
-def _local_batches(
-    sources: list[_Source],
-    keeps: list[np.ndarray],
-    piece: int,
-    steps: int,
-    seed: int,
-    epoch: int,
-    window: int,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """This process's part of each of an epoch's ``steps`` global batches."""
-    streams = [
-        _pieces(src, keep, piece, seed, epoch, window)
-        for src, keep in zip(sources, keeps, strict=True)
-    ]
-    for _ in range(steps):
-        parts = [next(stream) for stream in streams]
-        yield np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _chunk_to_devices(
-    local: list[tuple[np.ndarray, np.ndarray]], chunk_steps: int
-) -> dict[str, jax.Array]:
-    """Local batches of ``chunk_steps`` steps → per-device [chunk, local batch, ...] arrays."""
-    devices = parallel.local_device_count()
-    valid = np.arange(chunk_steps) < len(local)
-    local = local + [local[0]] * (chunk_steps - len(local))  # padding steps, masked by valid
-    inputs, labels = np.stack([x for x, _ in local]), np.stack([y for _, y in local])
-    k, b = labels.shape
-
-    def layout(x: np.ndarray) -> np.ndarray:
-        # [K, B, ...] → [D*K, B/D, ...] so that shard_batch hands device d its [K, B/D] slice
-        # of every step (positions d*B/D ... (d+1)*B/D - 1, as global_example_index assumes).
-        x = x.reshape(k, devices, b // devices, *x.shape[2:]).swapaxes(0, 1)
-        return x.reshape(devices * k, b // devices, *x.shape[3:])
-
-    chunk = {"inputs": layout(inputs), "label": layout(labels.astype(np.int32))}
-    sharded = parallel.shard_batch(chunk)
-    sharded["valid"] = parallel.shard_batch(np.tile(valid, devices))
-    return sharded
-
-
-@dataclasses.dataclass
-class _Plan:
-    """Global batch, steps per epoch and per-step share of every shard (same on all processes)."""
-
-    batch: int
-    piece: int
-    steps_per_epoch: int
-    shards: int
-    window: int
-    example_bytes: int = 0  # host bytes of one input (image or feature vector)
-
-
-def _plan(
-    keeps: list[np.ndarray], *, batch_size: int, shards: int, window: int, example_bytes: int
-) -> _Plan:
-    """The global batch: a multiple of the shard count and of all devices; no larger than the
-    kept examples allow (every step takes batch/shards examples from every shard)."""
-    unit = math.lcm(shards, parallel.global_device_count())
-    fewest = -parallel.max_over_processes(-min(int(np.sum(k)) for k in keeps))
-    batch = min(batch_size, fewest * shards) // unit * unit
-    if batch < unit:
-        raise ValueError(
-            f"a global batch needs a multiple of {unit} examples (shards {shards}, "
-            f"{parallel.global_device_count()} devices); the smallest shard has {fewest} "
-            f"training examples, so {shards} shards allow at most {fewest * shards}"
-        )
-    piece = batch // shards
-    return _Plan(batch, piece, fewest // piece, shards, window, example_bytes)
-
-
 def _fit(
-    spec: _Spec,
+    spec: classifier.Spec,
     encoder_variables: Mapping[str, Any],
-    sources: list[_Source],
+    sources: list[shard_feed.Source],
     keeps: list[np.ndarray],
     dim: int,
-    plan: _Plan,
+    plan: shard_feed.Plan,
     *,
     peak_lr: float,
     epochs: int,
@@ -463,9 +91,9 @@ def _fit(
     """Train from scratch; returns the replicated final state."""
     total = epochs * plan.steps_per_epoch
     state = parallel.replicate(
-        _init_state(spec, encoder_variables, dim, peak_lr=peak_lr, total_steps=total)
+        classifier.init_state(spec, encoder_variables, dim, peak_lr=peak_lr, total_steps=total)
     )
-    train_fn, _ = _mapped_fns(spec)
+    train_fn, _ = classifier.mapped_fns(spec)
     # Calls of near-equal length that tile an epoch (few masked padding steps at its end). With
     # images as inputs (the encoder runs every step) one call's batches stay within CHUNK_BYTES:
     # the dispatch saved by longer scans is small next to an encoder forward.
@@ -475,7 +103,7 @@ def _fit(
     chunk_steps = -(-plan.steps_per_epoch // calls_per_epoch)
     done, start, last_log = 0, time.time(), time.time()
     for epoch in range(epochs):
-        batches = _local_batches(
+        batches = shard_feed.local_batches(
             sources, keeps, plan.piece, plan.steps_per_epoch, spec.seed, epoch, plan.window
         )
         block: list[tuple[np.ndarray, np.ndarray]] = []
@@ -483,7 +111,7 @@ def _fit(
             block.append(local)
             if len(block) < chunk_steps and i + 1 < plan.steps_per_epoch:
                 continue
-            state, losses = train_fn(state, _chunk_to_devices(block, chunk_steps))
+            state, losses = train_fn(state, shard_feed.chunk_to_devices(block, chunk_steps))
             done += len(block)
             if time.time() - last_log > 30 or done == total:
                 loss = float(parallel.fetch(losses)[len(block) - 1])
@@ -495,15 +123,15 @@ def _fit(
 
 
 def _accuracy(
-    spec: _Spec,
+    spec: classifier.Spec,
     state: Any,
-    sources: list[_Source],
+    sources: list[shard_feed.Source],
     keeps: list[np.ndarray | None],
     example: tuple[tuple[int, ...], Any],
     batch_size: int,
 ) -> dict[str, float]:
     """Top-1/top-5 over the kept examples of every process's shards (counts over all devices)."""
-    _, count_fn = _mapped_fns(spec)
+    _, count_fn = classifier.mapped_fns(spec)
     local = sum(
         int(np.sum(k)) if k is not None else len(src.labels())
         for src, k in zip(sources, keeps, strict=True)
@@ -516,7 +144,7 @@ def _accuracy(
         y = np.zeros(batch_size, np.int32)
         fill = 0
         for src, keep in zip(sources, keeps, strict=True):
-            for inputs, labels in _selected(src, keep):
+            for inputs, labels in shard_feed.selected(src, keep):
                 while len(labels):
                     take = min(batch_size - fill, len(labels))
                     x[fill : fill + take], y[fill : fill + take] = inputs[:take], labels[:take]
@@ -539,10 +167,10 @@ def _accuracy(
 
 
 def _evaluate(
-    spec: _Spec,
+    spec: classifier.Spec,
     encoder_variables: Mapping[str, Any],
-    train_sources: list[_Source],
-    test_sources: list[_Source],
+    train_sources: list[shard_feed.Source],
+    test_sources: list[shard_feed.Source],
     example: tuple[tuple[int, ...], Any],
     dim: int,
     *,
@@ -560,13 +188,13 @@ def _evaluate(
     return_variables: bool = False,
 ) -> dict[str, Any]:
     """Shared driver of ``linear_evaluation`` and ``linear_evaluation_on_features``."""
-    selection = _Selection(train_sources)
-    keeps = selection.local(_labelled(selection.labels, label_fraction, spec.seed))
+    selection = shard_feed.Selection(train_sources)
+    keeps = selection.local(shard_feed.labelled(selection.labels, label_fraction, spec.seed))
     sizes = dict(
         batch_size=batch_size, shards=shards, window=shuffle_window,
         example_bytes=int(np.prod(example[0])) * np.dtype(example[1]).itemsize,
     )  # fmt: skip
-    plan = _plan(keeps, **sizes)
+    plan = shard_feed.plan(keeps, **sizes)
     eval_batch = features.device_multiple(eval_batch_size)
     fit = functools.partial(
         _fit, spec, encoder_variables, dim=dim, epochs=epochs, steps_per_call=steps_per_call
@@ -575,13 +203,13 @@ def _evaluate(
     if lr_sweep:
         # Held-out part of train (never the test split) selects the base LR: a permutation of the
         # selected examples of the whole split (shards in order are the split in order).
-        chosen = np.flatnonzero(_labelled(selection.labels, label_fraction, spec.seed))
+        chosen = np.flatnonzero(shard_feed.labelled(selection.labels, label_fraction, spec.seed))
         order = np.random.default_rng(spec.seed + 1).permutation(len(chosen))
         held = np.zeros(len(selection.labels), bool)
         held[chosen[order[: max(1, int(round(holdout_fraction * len(chosen))))]]] = True
         held_keeps = selection.local(held)
         fit_keeps = [k & ~h for k, h in zip(keeps, held_keeps, strict=True)]
-        fit_plan = _plan(fit_keeps, **sizes)
+        fit_plan = shard_feed.plan(fit_keeps, **sizes)
         for lr in lr_sweep:
             state = fit(train_sources, fit_keeps, plan=fit_plan, peak_lr=lr * fit_plan.batch / 256)
             result = _accuracy(spec, state, train_sources, held_keeps, example, eval_batch)
@@ -612,7 +240,7 @@ def _evaluate(
             "base_lr": base_lr,
             "learning_rate": base_lr * plan.batch / 256,
             "lr_schedule": "cosine",
-            "optimizer": f"sgd_nesterov_momentum_{MOMENTUM}",
+            "optimizer": f"sgd_nesterov_momentum_{classifier.MOMENTUM}",
             "weight_decay": spec.weight_decay,
             "top_k": spec.top_k,
             "label_fraction": label_fraction,
@@ -633,38 +261,6 @@ def _evaluate(
     return out
 
 
-class _Selection:
-    """The labels of a whole training split in shard order (ints only: O(N), never images), so
-    that label subsets and held-out parts are drawn as on one host, whatever the process count;
-    ``local`` cuts a per-example mask of the whole split back to this process's shards."""
-
-    def __init__(self, sources: list[_Source]):
-        local = [src.labels() for src in sources]
-        rows = parallel.max_over_processes(max(len(labels) for labels in local))
-        padded = np.full((len(local), rows), -2, np.int32)  # -2: no example (-1: unlabelled)
-        for i, labels in enumerate(local):
-            padded[i, : len(labels)] = labels
-        every = parallel.gather_from_processes(padded).reshape(-1, rows)  # [shards, rows]
-        lengths = np.sum(every != -2, axis=1)
-        self.labels = every[every != -2]
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        self._bounds = [(starts[s.shard], starts[s.shard + 1]) for s in sources]
-
-    def local(self, mask: np.ndarray) -> list[np.ndarray]:
-        return [mask[lo:hi] for lo, hi in self._bounds]
-
-
-def _labelled(labels: np.ndarray, label_fraction: float, seed: int) -> np.ndarray:
-    """Bool per example: labelled, and in the class-balanced ``label_fraction`` subset."""
-    labels = np.asarray(labels)
-    keep = np.zeros(len(labels), bool)
-    if label_fraction < 1.0:
-        keep[label_subset(labels, label_fraction, seed)] = True
-    else:
-        keep[labels >= 0] = True
-    return keep
-
-
 def _check_common(epochs: int, num_classes: int) -> None:
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -672,45 +268,7 @@ def _check_common(epochs: int, num_classes: int) -> None:
         raise ValueError(f"linear evaluation needs >= 2 classes, got {num_classes}")
 
 
-DEFAULT_SHARDS = 16  # shards of the linear protocol's splits (a multiple of the process count)
-DEFAULT_SHUFFLE_WINDOW = 1024  # examples per shard permuted together each epoch
 CHUNK_BYTES = 1 << 28  # host inputs of one training call (steps_per_call capped to fit)
-
-
-def _as_shards(split: features.SplitShards | LabeledImages, shards: int) -> features.SplitShards:
-    if isinstance(split, features.SplitShards):
-        if split.num_shards != shards:
-            raise ValueError(
-                f"split {split.name!r} is read as {split.num_shards} shards; the linear "
-                f"evaluation was configured with shards={shards}"
-            )
-        return split
-    return features.SplitShards.from_arrays(split.images, split.labels, num_shards=shards)
-
-
-def _local_arrays(x: np.ndarray, y: np.ndarray, shards: int) -> features.LocalFeatures:
-    """Host arrays (the same on every process) → this process's rows of ``shards`` shards."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    total, rows = len(y), -(-len(y) // shards)
-    per_process = shards // jax.process_count()
-    first = jax.process_index() * per_process
-    feats = np.zeros((per_process * rows, x.shape[1]), np.float32)
-    labels = np.full(per_process * rows, -1, np.int32)
-    mask = np.zeros(per_process * rows, bool)
-    for i in range(per_process):
-        lo, hi = (first + i) * total // shards, (first + i + 1) * total // shards
-        feats[i * rows : i * rows + hi - lo] = x[lo:hi]
-        labels[i * rows : i * rows + hi - lo] = y[lo:hi]
-        mask[i * rows : i * rows + hi - lo] = True
-    return features.LocalFeatures(feats, labels, mask, rows, total)
-
-
-def _check_shards(shards: int) -> None:
-    if shards < 1 or shards % jax.process_count():
-        raise ValueError(
-            f"shards={shards} must be a positive multiple of the process count "
-            f"({jax.process_count()}); the same value on any process count gives the same result"
-        )
 
 
 def linear_evaluation(
@@ -735,8 +293,8 @@ def linear_evaluation(
     weight_decay: float = 0.0,
     eval_batch_size: int = 512,
     steps_per_call: int = 50,
-    shards: int = DEFAULT_SHARDS,
-    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
+    shards: int = shard_feed.DEFAULT_SHARDS,
+    shuffle_window: int = shard_feed.DEFAULT_SHUFFLE_WINDOW,
     seed: int = 0,
     return_variables: bool = False,
 ) -> dict[str, Any]:
@@ -746,7 +304,7 @@ def linear_evaluation(
     ``shards`` shards), or host arrays read as such shards. ``encoder_variables``: ``{"params":
     ..., "batch_stats": ...}`` of the encoder alone. The encoder module must be built with
     ``axis_name=parallel.AXIS_NAME`` for ``fine_tune``. ``batch_size`` is global (rounded down
-    to a multiple of the shard and device counts, see ``_plan``); the peak LR is
+    to a multiple of the shard and device counts, see ``shard_feed.plan``); the peak LR is
     ``base_lr * batch_size / 256``. ``lr_sweep`` (e.g. ``PAPER_LR_SWEEP``) selects ``base_lr`` on
     a ``holdout_fraction`` of every train shard. ``augment=False`` (frozen only) precomputes
     the features once per process (see the module docstring). ``label_fraction`` keeps a
@@ -758,13 +316,13 @@ def linear_evaluation(
     on the precomputed-features path) as NumPy trees, which are not JSON-serializable.
     """
     _check_common(epochs, num_classes)
-    _check_shards(shards)
+    shard_feed.check_shards(shards)
     if shuffle_window < 1:
         raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
-    train, test = _as_shards(train, shards), _as_shards(test, shards)
+    train, test = shard_feed.as_shards(train, shards), shard_feed.as_shards(test, shards)
     variables = dict(encoder_variables)
     precompute = not augment and not fine_tune
-    spec = _Spec(
+    spec = classifier.Spec(
         head=nn.Dense(num_classes, kernel_init=nn.initializers.zeros, name="head"),
         encoder=None if precompute else encoder,
         image_size=int(image_size),
@@ -783,12 +341,15 @@ def linear_evaluation(
         train_x = features.embed_split(encoder, variables, train, view)
         test_x = features.embed_split(encoder, variables, test, view)
         logging.info("linear eval: features of this process's shards in %.0fs", time.time() - start)
-        train_sources = _feature_sources(train_x, train.owned.start)
-        test_sources = _feature_sources(test_x, test.owned.start)
+        train_sources = shard_feed.feature_sources(train_x, train.owned.start)
+        test_sources = shard_feed.feature_sources(test_x, test.owned.start)
         dim, variables = train_x.features.shape[1], {}
         example: tuple[tuple[int, ...], Any] = ((dim,), np.float32)
     else:
-        train_sources, test_sources = _image_sources(train), _image_sources(test)
+        train_sources, test_sources = (
+            shard_feed.image_sources(train),
+            shard_feed.image_sources(test),
+        )
         dim = feature_dim(encoder, variables, image_size)
         first = next(iter(train.batches(train.owned.start)))["image"]
         example = (tuple(first.shape[1:]), first.dtype)
@@ -836,8 +397,8 @@ def linear_evaluation_on_features(
     weight_decay: float = 0.0,
     eval_batch_size: int = 4096,
     steps_per_call: int = 200,
-    shards: int = DEFAULT_SHARDS,
-    shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
+    shards: int = shard_feed.DEFAULT_SHARDS,
+    shuffle_window: int = shard_feed.DEFAULT_SHUFFLE_WINDOW,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The same linear classifier and protocol on fixed feature vectors [N, D].
@@ -847,8 +408,8 @@ def linear_evaluation_on_features(
     splits (the same on every process); each process trains on its own shards of them.
     """
     _check_common(epochs, num_classes)
-    _check_shards(shards)
-    spec = _Spec(
+    shard_feed.check_shards(shards)
+    spec = classifier.Spec(
         head=nn.Dense(num_classes, kernel_init=nn.initializers.zeros, name="head"),
         encoder=None,
         image_size=0,
@@ -861,15 +422,15 @@ def linear_evaluation_on_features(
         seed=int(seed),
         top_k=min(5, num_classes),
     )
-    train = _local_arrays(train_features, train_labels, shards)
-    test = _local_arrays(test_features, test_labels, shards)
+    train = shard_feed.local_arrays(train_features, train_labels, shards)
+    test = shard_feed.local_arrays(test_features, test_labels, shards)
     first = jax.process_index() * (shards // jax.process_count())
     dim = train.features.shape[1]
     return _evaluate(
         spec,
         {},
-        _feature_sources(train, first),
-        _feature_sources(test, first),
+        shard_feed.feature_sources(train, first),
+        shard_feed.feature_sources(test, first),
         ((dim,), np.float32),
         dim,
         epochs=epochs,
@@ -925,8 +486,8 @@ class LinearEvaluator:
     def from_options(
         cls, data: EvalData, *, train_split: str = "", test_split: str = "", **options: Any
     ) -> LinearEvaluator:
-        shards = int(options.get("shards", DEFAULT_SHARDS))
-        _check_shards(shards)
+        shards = int(options.get("shards", shard_feed.DEFAULT_SHARDS))
+        shard_feed.check_shards(shards)
         splits = data.splits(train_split, test_split, num_shards=shards)
         return cls(*splits, **data.common, seed=data.seed, **options)
 
