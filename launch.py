@@ -171,6 +171,7 @@ def main(argv: list[str]) -> None:
     _enable_compilation_cache(config, workdir)
     # Imported after validation: they pull in TensorFlow (seconds) that a typo should not wait on.
     from byol_jax import checkpoint, export, train, workdir_config
+    from byol_jax.evaluators.base import EvaluatorError
 
     try:
         if jax.process_index() == 0:
@@ -188,7 +189,7 @@ def main(argv: list[str]) -> None:
         input_pipeline.DatasetError,
         checkpoint.CheckpointError,
         export.ExportError,
-        train.EvaluatorError,
+        EvaluatorError,
         train.NonFiniteLossError,
         workdir_config.ConfigConflictError,
         train.ReplicaMismatchError,
@@ -253,17 +254,17 @@ def _cpu_autotune(config) -> tuple:
 
 def _evaluate(mode: str, config, workdir: str) -> dict:
     """The non-training modes; all read the newest checkpoint in ``workdir``."""
-    from byol_jax import export, storage, train, workdir_config
+    from byol_jax import export, storage, train_data, train_evals, workdir_config
 
     data = config.data
     if mode in EVAL_MODES:
-        return train.evaluate_workdir(config, workdir, EVAL_MODES[mode])
+        return train_evals.evaluate_workdir(config, workdir, EVAL_MODES[mode])
     workdir_config.ensure_encoder_spec(config, workdir)  # workdirs of earlier versions
     if mode == "export":
         return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
     split = FLAGS.split or data.eval_split
     out = FLAGS.output or str(storage.path(workdir) / f"embeddings_{split.replace(':', '_')}.npy")
-    export.embed_split(workdir, data.dataset, split, out, **train.source_options(data))
+    export.embed_split(workdir, data.dataset, split, out, **train_data.source_options(data))
     return {"written": out}
 
 

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from byol_jax import cpu_autotune, models, parallel, train
+from byol_jax import cpu_autotune, models, parallel, train, train_data
 
 DEFAULT_NUM_CLASSES = 1000
 DEFAULT_NUM_TRAIN_EXAMPLES = 50_000
@@ -273,7 +273,7 @@ def build_step(
         conv_plan=plan.convs if plan is not None else (),
     )
     state = parallel.replicate(train.initial_state(experiment, config.seed))
-    source_size, with_valid = train.train_source_shape(config)
+    source_size, with_valid = train_data.train_source_shape(config)
     batch = synthetic_batch(config.batch_size, source_size, num_classes, config.seed, with_valid)
     start = time.perf_counter()
     lowered = parallel.map_step(experiment.step_fn).lower(state, batch)
@@ -379,13 +379,13 @@ def run(
         ),
     }
     if with_input:
-        info = train.train_dataset_info(config)
+        info = train_data.train_dataset_info(config)
         if info.num_classes > num_classes:
             raise ValueError(
                 f"{config.data.dataset} has {info.num_classes} classes but the probe has "
                 f"{num_classes}; set --config.bench.num_classes"
             )
-        host_batches = train.host_train_batches(config)
+        host_batches = train_data.host_train_batches(config)
         device_batches = parallel.prefetch_to_device(host_batches, size=2)
         # At least 2 warm-up steps: the first pulls fill tf.data's buffers and the prefetch queue.
         state, input_times = _time_repeats(

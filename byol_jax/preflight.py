@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from byol_jax import accelerators, features, flop_count, models, parallel, train
+from byol_jax import accelerators, features, flop_count, models, parallel, train, train_data
 from byol_jax.evaluators import classifier as linear_classifier
 from byol_jax.evaluators import knn as knn_eval
 
@@ -91,7 +91,7 @@ def train_step_program(
     # Training's host size and batch format (ImageNet: whole images at train_source_size with
     # each image's valid size, so the masked crop sampler is compiled too).
     count = len(devices)
-    size, with_valid = train.train_source_shape(config)
+    size, with_valid = train_data.train_source_shape(config)
     state = _replicated(abstract_state(experiment, config.seed), count)
     batch = {
         "image": jax.ShapeDtypeStruct((count, per_chip_batch, size, size, 3), jnp.uint8),
@@ -178,7 +178,7 @@ def embed_program(
         "params": state.online_params["encoder"],
         "batch_stats": state.online_batch_stats["encoder"],
     }
-    view = train.eval_view(config)
+    view = train_data.eval_view(config)
 
     def encode(v: Any, images: jax.Array) -> jax.Array:
         return encoder.apply(v, features.eval_views(images, view), train=False)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -29,7 +29,6 @@ from byol_jax import (
     checkpoint,
     cpu_autotune,
     ema,
-    export,
     features,
     metrics_io,
     models,
@@ -39,12 +38,13 @@ from byol_jax import (
     profiling,
     report,
     storage,
+    train_data,
+    train_evals,
     train_state,
     workdir_config,
 )
 from byol_jax import data as input_pipeline
 from byol_jax.evaluators import baselines, registry
-from byol_jax.evaluators.base import EvalData, EvaluatorError
 from byol_jax.train_step import train_step
 
 
@@ -245,82 +245,6 @@ def _digests_of_all_processes(
     return digests
 
 
-def source_options(data: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The keyword arguments of ``config.data`` every data reader takes (``dataset_info``,
-    ``train_batches``, ``eval_batches``): where the data is and how folders are labelled."""
-    path_dataset = data.dataset in input_pipeline.PATH_DATASETS
-    return {
-        "data_dir": data.get("folder") if path_dataset else data.data_dir,
-        "idx_dir": data.idx_dir,
-        "folder_labels": bool(data.get("folder_labels", False)),
-    }
-
-
-def train_dataset_info(
-    config: ml_collections.ConfigDict, workdir: str | None = None
-) -> input_pipeline.DatasetInfo:
-    """Size and classes of the training split named by ``config.data``."""
-    data = config.data
-    return input_pipeline.dataset_info(
-        data.dataset,
-        data.train_split,
-        source_size=data.source_size,
-        workdir=workdir,
-        **source_options(data),
-    )
-
-
-def host_train_batches(
-    config: ml_collections.ConfigDict, start_step: int = 0, workdir: str | None = None
-) -> Iterator[dict[str, np.ndarray]]:
-    """This process's share of the global training batches from ``start_step`` on."""
-    data = config.data
-    return input_pipeline.train_batches(
-        data.dataset,
-        data.train_split,
-        batch_size=config.batch_size // jax.process_count(),
-        source_size=data.train_source_size or data.source_size,
-        seed=config.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        shuffle_buffer=data.shuffle_buffer,
-        stream_shards=stream_shards(data.stream_shards, config.batch_size, jax.process_count()),
-        max_bad_records=data.max_bad_records,
-        workdir=workdir,
-        **source_options(data),
-    )
-
-
-def train_source_shape(config: ml_collections.ConfigDict) -> tuple[int, bool]:
-    """(host image size, whether batches carry per-image ``valid`` sizes) of training.
-
-    Whole-image training (``data.train_source_size`` set, e.g. ImageNet) sends non-square images
-    padded to a square with their valid sizes; square datasets send the whole array. Synthetic
-    batches (bench, preflight) follow this so they drive the step training compiles.
-    """
-    data = config.data
-    return int(data.train_source_size or data.source_size), bool(data.train_source_size)
-
-
-MAX_AUTO_STREAM_SHARDS = 64
-
-
-def stream_shards(requested: int, global_batch: int, process_count: int) -> int:
-    """``requested`` if set (> 0); else the largest count <= 64 that divides the global batch
-    and is a multiple of the process count (only streamed tfds data uses it).
-
-    The automatic count depends on the batch, not on the process count, wherever possible, so
-    the data order stays the same when a run moves between process counts.
-    """
-    if requested > 0:
-        return requested
-    for count in range(min(global_batch, MAX_AUTO_STREAM_SHARDS), 0, -1):
-        if global_batch % count == 0 and count % process_count == 0:
-            return count
-    return process_count  # validation guarantees process_count divides the batch
-
-
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
@@ -344,7 +268,7 @@ def train_and_evaluate(
     SIGINT (on any process) it checkpoints the current step and returns early with
     ``preempted=True``.
     """
-    for name, entry in _entries(config).items():  # before anything is written
+    for name, entry in train_evals.entries(config).items():  # before anything is written
         registry.check_entry(name, entry)
     try:
         storage.makedirs(workdir)
@@ -353,12 +277,12 @@ def train_and_evaluate(
     is_chief = jax.process_index() == 0
     if is_chief:  # download/prepare, or list a folder into the workdir: once, then a barrier
         ready = input_pipeline.prepare_dataset(
-            config.data.dataset, workdir=workdir, **source_options(config.data)
+            config.data.dataset, workdir=workdir, **train_data.source_options(config.data)
         )
         if config.data.dataset in input_pipeline.PATH_DATASETS:
             print(ready, flush=True)
     parallel.barrier("dataset_prepared")  # the others then read what the chief prepared
-    info = train_dataset_info(config, workdir)
+    info = train_data.train_dataset_info(config, workdir)
     experiment = build_experiment(
         config,
         num_classes=info.num_classes,
@@ -392,9 +316,11 @@ def _train_then_evaluate(
     host_state, restored_step = checkpoint.restore_agreed(
         manager, initial_state(experiment, config.seed), workdir=workdir
     )
-    evals = build_evaluators(config, eval_data(config, num_classes=info.num_classes))
-    if is_chief and not info.num_classes and _scheduled_entries(config):
-        print(_no_labels_message(config, _scheduled_entries(config)), flush=True)
+    data = train_data.eval_data(config, num_classes=info.num_classes)
+    evals = train_evals.build_evaluators(config, data)
+    skipped = train_evals.scheduled_entries(config)
+    if is_chief and not info.num_classes and skipped:
+        print(train_evals.no_labels_message(config, skipped), flush=True)
     periodic = [e for e in evals if e.every_steps > 0]
     encoder = experiment.online_net.encoder
     start_step = int(restored_step or 0)
@@ -407,7 +333,7 @@ def _train_then_evaluate(
     state = parallel.replicate(host_state)
     del host_state
 
-    batches = host_train_batches(config, start_step, workdir)
+    batches = train_data.host_train_batches(config, start_step, workdir)
     device_batches = parallel.prefetch_to_device(batches, size=2)
     p_train_step = parallel.map_step(experiment.step_fn)
     p_fingerprints = parallel.map_function(checkpoint.fingerprint)
@@ -510,7 +436,7 @@ def _train_then_evaluate(
         writer.write(int(step), {f"eval_{k}": v for k, v in metrics.items()})
         if is_chief:
             print(f"{scheduled.describe(metrics)} [{time.time() - start:.0f}s]", flush=True)
-            _write_eval_file(workdir, scheduled, metrics, step=int(step))
+            train_evals.write_eval_file(workdir, scheduled, metrics, step=int(step))
             if scheduled.kind == "baselines":
                 summary["table"] = baselines.unflatten(
                     {k[len(scheduled.name) + 1 :]: v for k, v in metrics.items()}
@@ -554,144 +480,6 @@ def _print_progress(
     )
 
 
-def eval_view(config: ml_collections.ConfigDict) -> features.View:
-    """The deterministic evaluation transform of ``config.data``."""
-    data = config.data
-    return features.View(
-        data.image_size, data.eval_crop_fraction, tuple(data.mean), tuple(data.std)
-    )
-
-
-def eval_data(
-    config: ml_collections.ConfigDict,
-    *,
-    num_classes: int,
-    source_size: int | None = None,
-    view: features.View | None = None,
-) -> EvalData:
-    """The data every evaluator draws on: splits of ``config.data`` at the evaluation source
-    size, each process reading only its own shards (``features.SplitShards``); shares of at most
-    ``features.IN_MEMORY_BYTES`` decoded bytes per process are kept in memory between passes."""
-    data = config.data
-    size = int(source_size or data.source_size)
-
-    def read(split: str, index: int, count: int, batch_size: int) -> Iterator[dict[str, Any]]:
-        return input_pipeline.eval_batches(
-            data.dataset,
-            split,
-            batch_size=batch_size,
-            source_size=size,
-            process_index=index,
-            process_count=count,
-            **source_options(data),
-        )
-
-    def num_examples(split: str) -> int:
-        info = input_pipeline.dataset_info(
-            data.dataset, split, source_size=size, **source_options(data)
-        )
-        return info.num_examples
-
-    batch_size = _eval_batch_size(data.eval_batch_size)
-    return EvalData(
-        read_shard=read,
-        num_examples=num_examples,
-        example_bytes=size * size * 3,
-        stream_split=lambda split: read(
-            split, jax.process_index(), jax.process_count(), batch_size
-        ),
-        train_split=data.train_split,
-        test_split=data.eval_split,
-        num_classes=num_classes,
-        view=view or eval_view(config),
-        seed=config.seed,
-        batch_size=batch_size,
-    )
-
-
-def _entries(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-    return {name: dict(entry.to_dict()) for name, entry in config.evals.items()}
-
-
-def _scheduled_entries(config: ml_collections.ConfigDict) -> list[str]:
-    return [n for n, e in _entries(config).items() if e.get("every_steps") or e.get("at_end")]
-
-
-def _no_labels_message(config: ml_collections.ConfigDict, names: list[str]) -> str:
-    """The one line that says why the label-based evaluators do not run, and how to run them."""
-    return (
-        f"evaluators skipped ({', '.join(names)}): {config.data.dataset} "
-        f"{config.data.train_split} has no labels. Point them at labelled data: "
-        "--config.data.folder_labels=True (subfolders as classes), a split/label/ folder, or "
-        "after training --mode=knn/linear_eval/baselines with --config.data.dataset=<tfds name "
-        "or folder>."
-    )
-
-
-def build_evaluators(
-    config: ml_collections.ConfigDict, data: EvalData, *, kind: str | None = None
-) -> list[registry.Scheduled]:
-    """The evaluators of ``config.evals``: the scheduled ones (``every_steps`` or ``at_end``), or
-    with ``kind`` every entry of that type (for ``--mode``). None without labels."""
-    if not data.num_classes:
-        return []
-    built = []
-    for name, entry in _entries(config).items():
-        scheduled = entry.get("every_steps") or entry.get("at_end")
-        if (entry.get("type") == kind) if kind else scheduled:
-            built.append(registry.build(name, entry, data))
-    return built
-
-
-def _write_eval_file(
-    workdir: storage.PathLike,
-    scheduled: registry.Scheduled,
-    metrics: dict[str, float],
-    **info: Any,
-) -> str:
-    """``workdir/eval_<name>.json``: the metrics (and the linear evaluators' settings)."""
-    content: dict[str, Any] = {"evaluator": scheduled.name, "type": scheduled.kind, **info}
-    content["metrics"] = metrics
-    details = getattr(scheduled.evaluator, "last_result", None)
-    if details:
-        content["details"] = details
-    path = storage.path(workdir) / f"eval_{scheduled.name}.json"
-    storage.write_text(path, json.dumps(content, indent=2))
-    return str(path)
-
-
-def evaluate_workdir(
-    config: ml_collections.ConfigDict, workdir: storage.PathLike, kind: str
-) -> dict[str, Any]:
-    """``--mode=knn/linear_eval/fine_tune/baselines``: the ``config.evals`` entries of type
-    ``kind``, run on the newest checkpoint's encoder in ``workdir`` (restored alone, not the
-    whole TrainState). Writes ``workdir/eval_<name>.json`` per entry."""
-    workdir_config.ensure_encoder_spec(config, workdir)
-    encoder, variables, spec = export.read_encoder(workdir)
-    data = eval_data(
-        config,
-        num_classes=train_dataset_info(config).num_classes,
-        source_size=spec.source_size,
-        view=spec.view,
-    )
-    evals = build_evaluators(config, data, kind=kind)
-    if not evals:
-        raise EvaluatorError(
-            f"config.evals has no entry of type {kind!r} (or the dataset has no labels)"
-        )
-    results: dict[str, Any] = {"pretraining_step": spec.step}
-    for scheduled in evals:
-        start = time.time()
-        metrics = scheduled.run(encoder, variables)
-        if jax.process_index() == 0:
-            print(f"{scheduled.describe(metrics)} [{time.time() - start:.0f}s]", flush=True)
-            results[scheduled.name] = metrics
-            results["written"] = _write_eval_file(
-                workdir, scheduled, metrics, pretraining_step=spec.step
-            )
-    return results
-
-
 def _run_summary(
     config: ml_collections.ConfigDict,
     experiment: Experiment,
@@ -711,9 +499,3 @@ def _run_summary(
         f"{jax.device_count()} {jax.default_backend()} device(s), {experiment.total_steps} steps; "
         f"evaluators: {schedule or 'none'}"
     )
-
-
-def _eval_batch_size(requested: int) -> int:
-    """Round the eval batch up to a multiple of the local device count."""
-    devices = jax.local_device_count()
-    return int(np.ceil(requested / devices) * devices)

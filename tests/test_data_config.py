@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from byol_jax import data, train, validation
+from byol_jax import data, train_data, validation
 from configs import common, folder
 
 
@@ -40,6 +40,6 @@ def test_packed_needs_the_prepare_output_and_unknown_names_list_the_routes():
 def test_source_options_route_the_folder_as_the_data_location():
     config = folder.get_config()
     config.data.folder, config.data.data_dir = "/imgs", "/tfds"
-    assert train.source_options(config.data)["data_dir"] == "/imgs"
+    assert train_data.source_options(config.data)["data_dir"] == "/imgs"
     config.data.dataset = "cifar10"
-    assert train.source_options(config.data)["data_dir"] == "/tfds"
+    assert train_data.source_options(config.data)["data_dir"] == "/tfds"

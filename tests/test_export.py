@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import byol_jax
-from byol_jax import checkpoint, export, features, train, workdir_config
+from byol_jax import checkpoint, export, features, train, train_evals, workdir_config
 from byol_jax import data as input_pipeline
 from configs import smoke
 
@@ -118,7 +118,7 @@ def test_evaluation_modes_run_the_config_evaluators_on_the_workdir(run, tmp_path
     config.evals.linear.update(augment=False, epochs=2, batch_size=32)
     config.evals.knn.update(k=10, train_split="", test_split="")
     config.evals.table.update(knn_ks=(10,), l2_grid=(1e-2,))
-    linear = train.evaluate_workdir(config, workdir, "linear")
+    linear = train_evals.evaluate_workdir(config, workdir, "linear")
     with open(os.path.join(workdir, "eval_linear.json")) as f:
         written = json.load(f)
     assert written["metrics"] == linear["linear"] and written["pretraining_step"] == 2
@@ -126,9 +126,9 @@ def test_evaluation_modes_run_the_config_evaluators_on_the_workdir(run, tmp_path
     assert written["details"]["num_test_examples"] == 32
     assert written["details"]["settings"]["precomputed_features"] is True
 
-    knn = train.evaluate_workdir(config, workdir, "knn")["knn"]
+    knn = train_evals.evaluate_workdir(config, workdir, "knn")["knn"]
     # The table (--mode=baselines): its kNN column is the same evaluation as --mode=knn.
-    table = train.evaluate_workdir(config, workdir, "baselines")["table"]
+    table = train_evals.evaluate_workdir(config, workdir, "baselines")["table"]
     assert {k.split("/")[0] for k in table} == {
         "table_byol",
         "table_random_init",

@@ -114,7 +114,7 @@ def test_same_command_twice_resumes(tmp_path, runs):
 
 def test_stream_shards_apply_only_to_streamed_data_and_default_to_a_divisor():
     # In-process: no JAX/tfds subprocess needed for a validation question.
-    from byol_jax import train, validation
+    from byol_jax import train_data, validation
     from configs import fashion_mnist
 
     config = fashion_mnist.get_config()
@@ -125,7 +125,7 @@ def test_stream_shards_apply_only_to_streamed_data_and_default_to_a_divisor():
     config.data.stream_shards = -1
     with pytest.raises(validation.ConfigError, match="config.data.stream_shards=-1"):
         validation.validate_config(config, device_count=8, process_count=1)
-    assert train.stream_shards(0, 32, 1) == 32
-    assert train.stream_shards(0, 4096, 1) == 64 == train.stream_shards(0, 4096, 4)
-    assert train.stream_shards(0, 96, 1) == 48 and train.stream_shards(0, 90, 5) == 45
-    assert train.stream_shards(16, 96, 2) == 16  # an explicit value is kept
+    assert train_data.stream_shards(0, 32, 1) == 32
+    assert train_data.stream_shards(0, 4096, 1) == 64 == train_data.stream_shards(0, 4096, 4)
+    assert train_data.stream_shards(0, 96, 1) == 48 and train_data.stream_shards(0, 90, 5) == 45
+    assert train_data.stream_shards(16, 96, 2) == 16  # an explicit value is kept

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from byol_jax import accelerators, flop_count, models, parallel, preflight, train
+from byol_jax import accelerators, flop_count, models, parallel, preflight, train, train_data
 from configs import smoke
 
 
@@ -70,7 +70,7 @@ def _check_train_report(report: dict, state_bytes: dict[str, int], chips: int) -
     # (one more copy of the trainable parameters): at least ~3 copies of the online network.
     assert state_bytes["state"] >= state_bytes["online"] + state_bytes["target"]
     assert state_bytes["optimizer"] >= state_bytes["online"]
-    size, with_valid = train.train_source_shape(config)
+    size, with_valid = train_data.train_source_shape(config)
     # uint8 images, int32 labels (and int32 (height, width) valid sizes).
     batch_bytes = per_chip * (size**2 * 3 + 4 + (8 if with_valid else 0))
     assert memory["arguments"] >= state_bytes["state"] + batch_bytes
