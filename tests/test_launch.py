@@ -129,3 +129,17 @@ def test_stream_shards_apply_only_to_streamed_data_and_default_to_a_divisor():
     assert train_data.stream_shards(0, 4096, 1) == 64 == train_data.stream_shards(0, 4096, 4)
     assert train_data.stream_shards(0, 96, 1) == 48 and train_data.stream_shards(0, 90, 5) == 45
     assert train_data.stream_shards(16, 96, 2) == 16  # an explicit value is kept
+
+
+def test_default_config_variants_validate_and_unknown_ones_are_refused():
+    from byol_jax import validation
+    from configs import fashion_mnist
+
+    for variant in (None, "long", "deep"):
+        validation.validate_config(fashion_mnist.get_config(variant), device_count=1)
+    long, deep = fashion_mnist.get_config("long"), fashion_mnist.get_config("deep")
+    # :deep is :long with the deeper encoder, trained longer (docs/recipe_study.md).
+    long.model.encoder, long.num_epochs = "resnet18", 10
+    assert deep.to_dict() == long.to_dict()
+    with pytest.raises(ValueError, match="unknown variant 'longer'"):
+        fashion_mnist.get_config("longer")
