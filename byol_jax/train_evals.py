@@ -17,10 +17,12 @@ from byol_jax.evaluators.base import EvalData, EvaluatorError
 
 
 def entries(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    """``config.evals`` as plain dicts, by entry name."""
     return {name: dict(entry.to_dict()) for name, entry in config.evals.items()}
 
 
 def scheduled_entries(config: ml_collections.ConfigDict) -> list[str]:
+    """Names of the entries that run during or after training (``every_steps`` or ``at_end``)."""
     return [n for n, e in entries(config).items() if e.get("every_steps") or e.get("at_end")]
 
 
