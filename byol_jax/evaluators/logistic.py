@@ -346,12 +346,16 @@ def _sharded_correct(params, x, y, weight):
 
 
 @functools.lru_cache(maxsize=8)
-def _sharded_fns(max_iter: int, transposed: bool):
-    solve = parallel.map_function(
+def _sharded_solve_fn(max_iter: int, transposed: bool) -> Callable:
+    return parallel.map_function(
         functools.partial(_sharded_solve, max_iter=max_iter, transposed=transposed),
         in_axes=(None, 0, 0, 0, None, None, None),
     )
-    return solve, parallel.map_function(_sharded_correct, in_axes=(None, 0, 0, 0))
+
+
+@functools.lru_cache(maxsize=1)
+def _sharded_correct_fn() -> Callable:
+    return parallel.map_function(_sharded_correct, in_axes=(None, 0, 0, 0))
 
 
 def _standardizer(x: np.ndarray, rows: np.ndarray, block: int = 4096) -> Standardizer:
@@ -383,7 +387,7 @@ def _sharded_fit(rows, weight, *, num_classes, l2, tol, max_iter, init=None) -> 
         "w": np.zeros((rows[0].shape[-1], num_classes), np.float32),
         "b": np.zeros((num_classes,), np.float32),
     }
-    solve, _ = _sharded_fns(int(max_iter), use_transposed_copy())
+    solve = _sharded_solve_fn(int(max_iter), use_transposed_copy())
     weights = parallel.shard_rows(weight.astype(np.float32))
     out, count, norm = solve(
         params, *rows, weights, np.float32(total), np.float32(l2), np.float32(tol)
@@ -394,7 +398,7 @@ def _sharded_fit(rows, weight, *, num_classes, l2, tol, max_iter, init=None) -> 
 
 
 def _sharded_accuracy(fit_: Fit, rows, y: np.ndarray, selected: np.ndarray) -> float:
-    _, correct = _sharded_fns(1, False)
+    correct = _sharded_correct_fn()
     params = {"w": fit_.weights, "b": fit_.bias}
     weights = parallel.shard_rows((selected & (y >= 0)).astype(np.float32))
     counts = parallel.fetch(correct(params, *rows, weights))
