@@ -1,7 +1,8 @@
 """Peak host memory (RSS) and wall time of one evaluator on a synthetic split of N images.
 
 Usage (one evaluator and size per process, so ``ru_maxrss`` is that run's peak):
-  python docs/eval_memory.py --mode=linear --train=40000 [--size=64] [--in_memory_bytes=0]
+  PYTHONPATH=. python docs/eval_memory.py --mode=linear --train=40000 [--size=64] \
+      [--in_memory_bytes=0]
 
 The split is generated on the fly by a reader with ``input_pipeline.eval_batches``' contract
 (shard index/count, padded equal batches), so no image file or decoded split exists anywhere:

@@ -1,6 +1,6 @@
 """The table's random-init row for candidate encoders on Fashion-MNIST (docs/recipe_study.md).
 
-    python docs/measurements/random_rows.py resnet10:64:imagenet resnet18:64:imagenet
+    PYTHONPATH=. python docs/measurements/random_rows.py resnet10:64:imagenet resnet18:64:imagenet
 
 Each argument is ``encoder:base_width:stem``. The row is exactly the end-of-run table's
 ``random_init`` row (BN statistics re-estimated on 2,048 training images; logistic regression
@@ -13,26 +13,27 @@ import time
 
 from absl import app
 
-from byol_jax import features
+from byol_jax import features, train_data
 from byol_jax.evaluators import baselines
-
-VIEW = features.View(28, 1.0, (0.2860,) * 3, (0.3530,) * 3)  # configs/fashion_mnist.py
+from configs import fashion_mnist
 
 
 def main(argv: list[str]) -> None:
-    train = features.load_split("fashion_mnist", "train", source_size=28)
-    test = features.load_split("fashion_mnist", "test", source_size=28)
+    config = fashion_mnist.get_config()
+    data, view = config.data, train_data.eval_view(config)
+    train = features.load_split(data.dataset, data.train_split, source_size=data.source_size)
+    test = features.load_split(data.dataset, data.eval_split, source_size=data.source_size)
     print("| encoder | stem | base width | features | linear | kNN-20 | kNN-200 | time |")
     for arg in argv[1:]:
         name, width, stem = arg.split(":")
         spec = features.EncoderSpec(
             encoder=name, width=1, base_width=int(width), stem=stem, dtype="float32",
-            image_size=VIEW.image_size, source_size=28, crop_fraction=VIEW.crop_fraction,
-            mean=VIEW.mean, std=VIEW.std,
+            image_size=view.image_size, source_size=data.source_size,
+            crop_fraction=view.crop_fraction, mean=view.mean, std=view.std,
         )  # fmt: skip
         start = time.perf_counter()
         row = baselines.baseline_table(
-            spec.build(), train, test, num_classes=10, view=VIEW, rows=("random_init",)
+            spec.build(), train, test, num_classes=10, view=view, rows=("random_init",)
         )["random_init"]
         print(
             f"| {name} | {stem} | {width} | {spec.embedding_dim} | {100 * row['linear_top1']:.2f} "
