@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from evaluator_helpers import MEAN, STD, coloured_images, in_memory_data, tiny_encoder
 
-from byol_jax import features, parallel, validation
+from byol_jax import features, models, parallel, validation, workdir_config
 from byol_jax.evaluators import baselines, logistic, registry
+from configs import smoke
 
 
 @pytest.fixture(scope="module", name="tiny_encoder")
@@ -114,3 +115,24 @@ def test_baselines_evaluator_runs_the_table_on_replicated_variables(tiny_encoder
     )  # fmt: skip
     assert baselines.unflatten({k[len("table_") :]: v for k, v in metrics.items()}) == direct
     assert "raw_pixels" in scheduled.describe(metrics)
+
+
+def test_random_row_keeps_residual_branches_of_a_zero_init_config():
+    # Training with the released network's zero-initialized residual BN scales must not weaken
+    # the random-init baseline: at 28 px such a network at init sees one corner of the image
+    # through its strided 1x1 shortcuts. The row's encoder comes from the config's spec.
+    config = smoke.get_config()
+    config.model.zero_init_last_bn = True
+    spec = workdir_config.encoder_spec(config)
+
+    def last_bn_scales(encoder):
+        variables = baselines.random_encoder_variables(encoder, image_size=spec.image_size)
+        flat = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+        names = {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+        return {k: v for k, v in names.items() if "['bn2']['scale']" in k}
+
+    trained = models.build_encoder(spec.encoder, base_width=spec.base_width, stem=spec.stem,
+                                   zero_init_last_bn=True)  # fmt: skip
+    assert all(np.all(v == 0) for v in last_bn_scales(trained).values())
+    random_row = last_bn_scales(spec.build())
+    assert random_row and all(np.all(v == 1) for v in random_row.values()), random_row

@@ -7,7 +7,9 @@ Rows of ``baseline_table``:
   re-estimated on training images (the population mean/variance of every BN input, averaged over
   ``calibration_batches`` batches): with the initial statistics (mean 0, variance 1) activations
   drift in scale through the network and the baseline would look worse than random features
-  are;
+  are. Every BN scale starts at 1 even when training zero-initializes the residual branches
+  (``model.zero_init_last_bn``): such a network at init is its shortcuts alone, a weaker
+  baseline than the architecture deserves;
 * ``raw_pixels``: the normalized eval view flattened (``features.PixelEncoder``).
 
 Every row goes through exactly the same code as the BYOL row (``evaluate_representation``):

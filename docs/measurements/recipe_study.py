@@ -43,8 +43,11 @@ RECIPES: dict[str, list[str]] = {
     "tau990": ["--config.base_tau=0.99"],
     "tau960": ["--config.base_tau=0.96"],
     "lr1": ["--config.optimizer.base_lr=1.0"],
+    "lr2": ["--config.optimizer.base_lr=2.0"],
     "lr4": ["--config.optimizer.base_lr=4.0"],
     "lr8": ["--config.optimizer.base_lr=8.0"],
+    # The released BYOL network's init: each residual branch's last BN scale starts at 0.
+    "zinit": ["--config.model.zero_init_last_bn=True"],
     "wd1e-4": ["--config.optimizer.weight_decay=1e-4"],
     "wd1e-6": ["--config.optimizer.weight_decay=1e-6"],
     "batch32": ["--config.batch_size=32"],
