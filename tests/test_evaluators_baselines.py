@@ -120,7 +120,8 @@ def test_baselines_evaluator_runs_the_table_on_replicated_variables(tiny_encoder
 def test_random_row_keeps_residual_branches_of_a_zero_init_config():
     # Training with the released network's zero-initialized residual BN scales must not weaken
     # the random-init baseline: at 28 px such a network at init sees one corner of the image
-    # through its strided 1x1 shortcuts. The row's encoder comes from the config's spec.
+    # through its strided 1x1 shortcuts. The row's encoder is the training module in the
+    # end-of-run table and the config's spec in --mode runs: both start every scale at 1.
     config = smoke.get_config()
     config.model.zero_init_last_bn = True
     spec = workdir_config.encoder_spec(config)
@@ -133,6 +134,10 @@ def test_random_row_keeps_residual_branches_of_a_zero_init_config():
 
     trained = models.build_encoder(spec.encoder, base_width=spec.base_width, stem=spec.stem,
                                    zero_init_last_bn=True)  # fmt: skip
-    assert all(np.all(v == 0) for v in last_bn_scales(trained).values())
-    random_row = last_bn_scales(spec.build())
-    assert random_row and all(np.all(v == 1) for v in random_row.values()), random_row
+    initial = trained.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32), train=False)
+    flat = jax.tree_util.tree_flatten_with_path(initial["params"])[0]
+    zeroed = [v for p, v in flat if "['bn2']['scale']" in jax.tree_util.keystr(p)]
+    assert zeroed and all(np.all(v == 0) for v in zeroed)  # what training starts from
+    for encoder in (trained, spec.build()):
+        random_row = last_bn_scales(encoder)
+        assert random_row and all(np.all(v == 1) for v in random_row.values()), random_row

@@ -138,8 +138,10 @@ def test_default_config_variants_validate_and_unknown_ones_are_refused():
     for variant in (None, "long", "deep"):
         validation.validate_config(fashion_mnist.get_config(variant), device_count=1)
     long, deep = fashion_mnist.get_config("long"), fashion_mnist.get_config("deep")
-    # :deep is :long with the deeper encoder, trained longer (docs/recipe_study.md).
-    long.model.encoder, long.num_epochs = "resnet18", 10
+    # :deep is :long with the deeper, zero-initialized encoder at LR 1.5, trained longer
+    # (docs/recipe_study.md).
+    long.model.encoder, long.model.zero_init_last_bn, long.num_epochs = "resnet18", True, 10
+    long.optimizer.base_lr = 1.5
     assert deep.to_dict() == long.to_dict()
     with pytest.raises(ValueError, match="unknown variant 'longer'"):
         fashion_mnist.get_config("longer")

@@ -57,7 +57,10 @@ def random_encoder_variables(
     std: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> dict[str, Any]:
     """Freshly initialized ``{"params", "batch_stats"}``; BN statistics re-estimated on
-    ``calibration_images`` (eval transform) when given."""
+    ``calibration_images`` (eval transform) when given. Every BN scale starts at 1, also for an
+    encoder built with ``zero_init_last_bn`` (same parameters, only their initial values)."""
+    if getattr(encoder, "zero_init_last_bn", False):
+        encoder = encoder.clone(zero_init_last_bn=False)
     dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = jax.device_get(
         jax.jit(lambda key: encoder.init(key, dummy, train=False))(jax.random.key(seed))
