@@ -33,7 +33,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from byol_jax import features, parallel
@@ -61,11 +60,7 @@ def random_encoder_variables(
     encoder built with ``zero_init_last_bn`` (same parameters, only their initial values)."""
     if getattr(encoder, "zero_init_last_bn", False):
         encoder = encoder.clone(zero_init_last_bn=False)
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = jax.device_get(
-        jax.jit(lambda key: encoder.init(key, dummy, train=False))(jax.random.key(seed))
-    )
-    variables = dict(variables)
+    variables = features.random_variables(encoder, image_size, seed)
     if calibration_images is None or "batch_stats" not in variables:
         return variables
     variables["batch_stats"] = _population_batch_stats(
