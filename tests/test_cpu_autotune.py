@@ -198,7 +198,7 @@ def test_explicit_settings_keep_the_untuned_behaviour(monkeypatch):
     assert train.cpu_tune_spec(config) is None  # user-set XLA_FLAGS win
     monkeypatch.setenv("XLA_FLAGS", "")
     spec = train.cpu_tune_spec(config)
-    assert spec == cpu_autotune.TuneSpec("resnet10", 1, 64, "imagenet", "float32", 28, 64)
+    assert spec == cpu_autotune.TuneSpec("resnet18", 1, 64, "imagenet", "float32", 28, 64)
     config.cpu_autotune = False
     assert train.cpu_tune_spec(config) is None
     assert train.cpu_tune_spec(smoke.get_config()) is None  # conv_impl="native" is explicit

@@ -135,13 +135,20 @@ def test_default_config_variants_validate_and_unknown_ones_are_refused():
     from byol_jax import validation
     from configs import fashion_mnist
 
-    for variant in (None, "long", "deep"):
+    for variant in (None, "quick", "long"):
         validation.validate_config(fashion_mnist.get_config(variant), device_count=1)
-    long, deep = fashion_mnist.get_config("long"), fashion_mnist.get_config("deep")
-    # :deep is :long with the deeper, zero-initialized encoder at LR 1.5, trained longer
-    # (docs/recipe_study.md).
-    long.model.encoder, long.model.zero_init_last_bn, long.num_epochs = "resnet18", True, 10
-    long.optimizer.base_lr = 1.5
-    assert deep.to_dict() == long.to_dict()
+    default = fashion_mnist.get_config()
+    quick, long = fashion_mnist.get_config("quick"), fashion_mnist.get_config("long")
+    assert (default.model.encoder, default.model.zero_init_last_bn) == ("resnet18", True)
+    # :quick is the previous default, the ResNet-10 recipe (docs/recipe_study.md) ...
+    quick.model.encoder, quick.model.zero_init_last_bn = "resnet18", True
+    quick.optimizer.base_lr, quick.num_epochs = 1.5, 7
+    assert quick.to_dict() == default.to_dict()
+    # ... and :long only trains the default's recipe for longer.
+    assert long.num_epochs > default.num_epochs
+    long.num_epochs = default.num_epochs
+    assert long.to_dict() == default.to_dict()
     with pytest.raises(ValueError, match="unknown variant 'longer'"):
         fashion_mnist.get_config("longer")
+    with pytest.raises(ValueError, match="its recipe is the default"):
+        fashion_mnist.get_config("deep")

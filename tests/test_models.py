@@ -333,7 +333,7 @@ def test_zero_init_last_bn_of_bottleneck_blocks():
         assert np.all(block["shortcut_bn"]["scale"] == 1)
 
 
-def test_imagenet_config_selects_the_released_network_and_defaults_do_not():
+def test_imagenet_config_selects_the_released_network_and_the_default_only_zero_init():
     from configs import fashion_mnist, imagenet
 
     model = imagenet.get_config().model
@@ -342,9 +342,10 @@ def test_imagenet_config_selects_the_released_network_and_defaults_do_not():
         "same",
         True,
     )
+    # The default takes only the zero-initialized residual BN (docs/recipe_study.md).
     default = fashion_mnist.get_config().model
     assert (default.zero_init_last_bn, default.padding, default.projection_shortcuts) == (
-        False,
+        True,
         "symmetric",
         False,
     )
