@@ -72,7 +72,7 @@ RECIPES: dict[str, list[str]] = {
     ],
     "r10_w64": ["--config.model.encoder=resnet10", "--config.model.base_width=64"],
     "width48": ["--config.model.base_width=48"],
-    # On top of today's default (ResNet-10 w64): two blocks per stage, whose random init is
+    # On top of --base (:quick, ResNet-10 w64): two blocks per stage, whose random init is
     # weaker (75.0 vs 80.9% linear).
     "r18": ["--config.model.encoder=resnet18"],
     "width24": ["--config.model.base_width=24"],
