@@ -174,6 +174,7 @@ def build_experiment(
         dataclasses.replace(
             view,
             crop_area_range=(config.augment.crop_area_min, 1.0),
+            crop_aspect_range=tuple(config.augment.crop_aspect_range),
             blur_prob=config.augment.blur_prob[i],
             solarize_prob=config.augment.solarize_prob[i],
             **augment.jitter_params(

@@ -212,6 +212,12 @@ def validate_config(
             if option in entry:
                 _check(config, f"evals.{name}.{option}", ok, allowed)
     _check(config, "augment.crop_area_min", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    _check(
+        config,
+        "augment.crop_aspect_range",
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1],
+        "two aspect ratios (width / height) 0 < low <= high, e.g. (0.75, 1.333); (1, 1): square",
+    )
     _check(config, "augment.jitter_prob", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
     _check(config, "augment.jitter_strength", lambda v: v >= 0, "a number >= 0 (0: no jitter)")
     for key in ("augment.blur_prob", "augment.solarize_prob"):

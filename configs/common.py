@@ -127,6 +127,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The paper's per-view probabilities; change only for ablations.
     config.augment = ml_collections.ConfigDict()
     config.augment.crop_area_min = 0.08  # random resized crop keeps U[min, 1] of the area
+    # ...with width/height drawn log-uniformly from this range, then resized to a square.
+    config.augment.crop_aspect_range = (3 / 4, 4 / 3)
     config.augment.blur_prob = (1.0, 0.1)
     config.augment.solarize_prob = (0.0, 0.2)
     # Colour jitter: applied with jitter_prob (both views); jitter_strength scales the paper's

@@ -27,6 +27,7 @@ BAD_VALUES = [
     ("--config.evals.table.rows=('pixels',)", "config.evals.table.rows=('pixels',)"),
     ("--config.augment.jitter_prob=1.5", "config.augment.jitter_prob=1.5"),
     ("--config.augment.jitter_strength=-1.0", "config.augment.jitter_strength=-1.0"),
+    ("--config.augment.crop_aspect_range=(1.5,1.0)", "config.augment.crop_aspect_range=(1.5, 1.0)"),
 ]
 # Errors of the command line itself, as a user sees them: one line on stderr, exit code 2.
 BAD_COMMAND_LINES = [

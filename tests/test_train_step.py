@@ -32,6 +32,21 @@ def _on_devices(tree, count):
     return jax.tree.map(lambda x: np.broadcast_to(x, (count, *np.shape(x))), tree)
 
 
+def test_config_augment_reaches_both_views():
+    # The config's augment block, as build_experiment binds it into the step (no compile).
+    config = smoke.get_config()
+    config.augment.crop_area_min = 0.3
+    config.augment.crop_aspect_range = (1.0, 1.0)
+    config.augment.blur_prob = (0.7, 0.2)
+    config.augment.solarize_prob = (0.1, 0.4)
+    experiment = train.build_experiment(config, num_classes=10, num_train_examples=256)
+    view_1, view_2 = experiment.step_fn.keywords["view_params"]
+    for view in (view_1, view_2):
+        assert (view.crop_area_range, view.crop_aspect_range) == ((0.3, 1.0), (1.0, 1.0))
+    assert (view_1.blur_prob, view_2.blur_prob) == (0.7, 0.2)
+    assert (view_1.solarize_prob, view_2.solarize_prob) == (0.1, 0.4)
+
+
 def test_step_result_does_not_depend_on_device_layout(experiment, host_state):
     assert jax.local_device_count() == 8
     batch = _batch()

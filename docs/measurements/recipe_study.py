@@ -37,6 +37,8 @@ RECIPES: dict[str, list[str]] = {
     "crop20": ["--config.augment.crop_area_min=0.2"],
     "crop50": ["--config.augment.crop_area_min=0.5"],
     "crop70": ["--config.augment.crop_area_min=0.7"],
+    # Square crops: no aspect-ratio jitter (the garment's own proportions are class evidence).
+    "aspect1": ["--config.augment.crop_aspect_range=(1.0,1.0)"],
     "noblur": ["--config.augment.blur_prob=(0.0,0.0)"],
     "jitter_half": ["--config.augment.jitter_strength=0.5"],
     "jitter_off": ["--config.augment.jitter_prob=0.0"],
