@@ -63,7 +63,7 @@ def random_encoder_variables(
     variables = features.random_variables(encoder, image_size, seed)
     if calibration_images is None or "batch_stats" not in variables:
         return variables
-    variables["batch_stats"] = _population_batch_stats(
+    variables["batch_stats"] = population_batch_stats(
         encoder,
         variables,
         np.asarray(calibration_images),
@@ -78,7 +78,7 @@ def random_encoder_variables(
     return variables
 
 
-def _population_batch_stats(
+def population_batch_stats(
     encoder: nn.Module,
     variables: Mapping[str, Any],
     images: np.ndarray,
@@ -91,6 +91,9 @@ def _population_batch_stats(
     mean: tuple[float, ...],
     std: tuple[float, ...],
 ) -> Any:
+    """BN running statistics replaced by population moments of the eval view of ``images``:
+    every BN input's mean and variance, averaged over ``batches`` batches of ``batch_size``."""
+
     def batch_moments(params, zero_stats, images):
         views = features.eval_views(images, features.View(image_size, crop_fraction, mean, std))
         # Training-mode BN normalizes with the batch's own moments, so running statistics never
