@@ -43,14 +43,20 @@ class ExportError(features.SpecError):
     """A path holds neither a pretraining workdir with checkpoints nor an exported encoder."""
 
 
+NETWORKS = ("online", "target")  # TrainState holds <network>_params / <network>_batch_stats
+
+
 def restore_encoder_variables(
-    workdir: storage.PathLike, step: int | None = None
+    workdir: storage.PathLike, step: int | None = None, *, network: str = "online"
 ) -> tuple[dict, int]:
-    """Online encoder variables (NumPy) of checkpoint ``step`` in ``workdir``.
+    """Encoder variables (NumPy) of checkpoint ``step`` in ``workdir``: the online network's
+    (the one BYOL releases), or the target (EMA) network's with ``network="target"``.
 
     Without ``step``: the newest checkpoint that can be read (a damaged newer one is skipped
     with a warning, as when training resumes).
     """
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
     directory = checkpoint.checkpoint_dir(workdir)
     if not directory.is_dir():
         raise ExportError(f"{workdir} has no checkpoints directory ({directory})")
@@ -65,24 +71,27 @@ def restore_encoder_variables(
         failures = []
         for candidate in steps:
             try:
-                return encoder_variables(_restore_encoder_subtree(manager, candidate)), candidate
+                return _restore_encoder_subtree(manager, candidate, network), candidate
             except Exception as error:  # Orbax/TensorStore raise many types for bad files.
                 failures.append(f"step {candidate}: {type(error).__name__}: {error}")
                 logging.warning("cannot read checkpoint %s: %s", candidate, failures[-1])
     raise ExportError(f"no readable checkpoint in {directory} ({'; '.join(failures)})")
 
 
-def _restore_encoder_subtree(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+def _restore_encoder_subtree(
+    manager: ocp.CheckpointManager, step: int, network: str
+) -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of ``network``'s encoder, restored alone."""
+    names = {"params": f"{network}_params", "batch_stats": f"{network}_batch_stats"}
     tree = manager.item_metadata(step).tree
-    wanted = {
-        name: {"encoder": tree[name]["encoder"]} for name in ("online_params", "online_batch_stats")
-    }
+    wanted = {name: {"encoder": tree[name]["encoder"]} for name in names.values()}
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-    return manager.restore(
+    restored = manager.restore(
         step,
         args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
     )
+    return {key: restored[name]["encoder"] for key, name in names.items()}
 
 
 def _read_spec_file(directory: storage.PathLike) -> EncoderSpec:

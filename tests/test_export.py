@@ -58,6 +58,30 @@ def test_load_encoder_matches_training_encoder(run):
     assert embed.spec.step == config.num_steps and embed.spec.image_size == 16
 
 
+def test_restore_encoder_variables_of_either_network(run):
+    config, workdir, _, _ = run
+    experiment = train.build_experiment(config, num_classes=10, num_train_examples=256)
+    template = jax.eval_shape(lambda: train.initial_state(experiment, config.seed))
+    state, _ = checkpoint.restore_latest(checkpoint.create_manager(workdir), template)
+    for network in export.NETWORKS:
+        variables, step = export.restore_encoder_variables(workdir, network=network)
+        assert step == config.num_steps
+        expected = {
+            "params": getattr(state, f"{network}_params")["encoder"],
+            "batch_stats": getattr(state, f"{network}_batch_stats")["encoder"],
+        }
+        assert jax.tree.structure(variables) == jax.tree.structure(expected)
+        for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_array_equal(a, np.asarray(b))
+    # Two steps in, the online weights have moved away from their moving average.
+    online, _ = export.restore_encoder_variables(workdir)
+    target, _ = export.restore_encoder_variables(workdir, network="target")
+    pairs = zip(jax.tree.leaves(online["params"]), jax.tree.leaves(target["params"]), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in pairs)
+    with pytest.raises(ValueError, match="network must be one of"):
+        export.restore_encoder_variables(workdir, network="predictor")
+
+
 def test_export_round_trip_is_exact(run, tmp_path):
     _, workdir, images, _ = run
     out_dir = export.export_encoder(workdir, str(tmp_path / "exported"))

@@ -23,39 +23,16 @@ from __future__ import annotations
 
 import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app
 
-from byol_jax import checkpoint, export, features
+from byol_jax import export, features
 from byol_jax.evaluators import baselines, knn
 from configs import fashion_mnist
 
 CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
            "bag", "boot")  # fmt: skip
 KS = (20, 200)
-
-
-def _target_encoder(workdir: str, step: int) -> dict:
-    """``{"params", "batch_stats"}`` of the target (EMA) network's encoder at ``step``."""
-    names = ("target_params", "target_batch_stats")
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(
-        checkpoint.checkpoint_dir(workdir), options=options,
-        item_handlers=ocp.PyTreeCheckpointHandler(),
-    ) as manager:  # fmt: skip
-        tree = manager.item_metadata(step).tree
-        wanted = {name: {"encoder": tree[name]["encoder"]} for name in names}
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-        restored = manager.restore(
-            step,
-            args=ocp.args.PyTreeRestore(
-                item=abstract, restore_args=restore_args, partial_restore=True
-            ),
-        )
-    return {"params": restored[names[0]]["encoder"], "batch_stats": restored[names[1]]["encoder"]}
 
 
 def _standardized(bank: features.LocalFeatures, queries: features.LocalFeatures):
@@ -104,6 +81,7 @@ def main(argv: list[str]) -> None:
     calibration = train_split.images[:2048]  # the table's calibration images: the first 2,048
     for workdir in argv[1:]:
         encoder, online, spec = export.read_encoder(workdir)
+        target, _ = export.restore_encoder_variables(workdir, spec.step, network="target")
         view = spec.view
         recalibrated = dict(online)
         recalibrated["batch_stats"] = baselines.population_batch_stats(
@@ -117,7 +95,7 @@ def main(argv: list[str]) -> None:
         variants = [  # (key, label, module, variables)
             ("online", "online (the table's)", encoder, online),
             ("recalibrated", "online, BN re-estimated", encoder, recalibrated),
-            ("target", "target", encoder, _target_encoder(workdir, spec.step)),
+            ("target", "target", encoder, target),
             ("pixels", "raw pixels (the table's)", pixels, {}),
         ]
         embedded, confusions = {}, {}
