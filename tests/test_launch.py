@@ -141,12 +141,12 @@ def test_default_config_variants_validate_and_unknown_ones_are_refused():
     default = fashion_mnist.get_config()
     quick, long = fashion_mnist.get_config("quick"), fashion_mnist.get_config("long")
     assert (default.model.encoder, default.model.zero_init_last_bn) == ("resnet18", True)
-    # :quick is the previous default, the ResNet-10 recipe (docs/recipe_study.md) ...
+    # :quick is the ResNet-10 recipe, the default until 2026-12-06 (docs/recipe_study.md) ...
     quick.model.encoder, quick.model.zero_init_last_bn = "resnet18", True
-    quick.optimizer.base_lr, quick.num_epochs = 1.5, 7
+    quick.optimizer.base_lr, quick.num_epochs = 1.5, 15
     assert quick.to_dict() == default.to_dict()
     # ... and :long only trains the default's recipe for longer.
-    assert (default.num_epochs, long.num_epochs) == (7, 10)
+    assert (default.num_epochs, long.num_epochs) == (15, 20)
     long.num_epochs = default.num_epochs
     assert long.to_dict() == default.to_dict()
     with pytest.raises(ValueError, match="unknown variant 'longer'"):
