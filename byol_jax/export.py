@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flax.serialization
@@ -32,7 +32,7 @@ from etils import epath
 
 from byol_jax import checkpoint, features, storage
 from byol_jax import data as input_pipeline
-from byol_jax.features import EncoderSpec, encoder_variables  # noqa: F401  (public here too)
+from byol_jax.features import NETWORKS, EncoderSpec, encoder_variables  # noqa: F401  (public here too)
 
 ENCODER_FILE = "encoder.msgpack"
 SPEC_FILE = "encoder.json"
@@ -41,9 +41,6 @@ FORMAT = features.SPEC_FORMAT
 
 class ExportError(features.SpecError):
     """A path holds neither a pretraining workdir with checkpoints nor an exported encoder."""
-
-
-NETWORKS = ("online", "target")  # TrainState holds <network>_params / <network>_batch_stats
 
 
 def restore_encoder_variables(
@@ -55,8 +52,7 @@ def restore_encoder_variables(
     Without ``step``: the newest checkpoint that can be read (a damaged newer one is skipped
     with a warning, as when training resumes).
     """
-    if network not in NETWORKS:
-        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    fields = features.encoder_subtrees(network)  # refuses an unknown network before any I/O
     directory = checkpoint.checkpoint_dir(workdir)
     if not directory.is_dir():
         raise ExportError(f"{workdir} has no checkpoints directory ({directory})")
@@ -71,7 +67,8 @@ def restore_encoder_variables(
         failures = []
         for candidate in steps:
             try:
-                return _restore_encoder_subtree(manager, candidate, network), candidate
+                restored = _restore_encoder_subtree(manager, candidate, fields.values())
+                return features.encoder_variables(restored, network), candidate
             except Exception as error:  # Orbax/TensorStore raise many types for bad files.
                 failures.append(f"step {candidate}: {type(error).__name__}: {error}")
                 logging.warning("cannot read checkpoint %s: %s", candidate, failures[-1])
@@ -79,19 +76,17 @@ def restore_encoder_variables(
 
 
 def _restore_encoder_subtree(
-    manager: ocp.CheckpointManager, step: int, network: str
+    manager: ocp.CheckpointManager, step: int, fields: Iterable[str]
 ) -> dict[str, Any]:
-    """``{"params", "batch_stats"}`` of ``network``'s encoder, restored alone."""
-    names = {"params": f"{network}_params", "batch_stats": f"{network}_batch_stats"}
+    """``{field: {"encoder": ...}}`` of checkpoint ``step``: only those encoder subtrees read."""
     tree = manager.item_metadata(step).tree
-    wanted = {name: {"encoder": tree[name]["encoder"]} for name in names.values()}
+    wanted = {field: {"encoder": tree[field]["encoder"]} for field in fields}
     abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-    restored = manager.restore(
+    return manager.restore(
         step,
         args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
     )
-    return {key: restored[name]["encoder"] for key, name in names.items()}
 
 
 def _read_spec_file(directory: storage.PathLike) -> EncoderSpec:

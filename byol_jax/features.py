@@ -249,16 +249,24 @@ def embed_batches(
     return np.concatenate(features), np.concatenate(labels).astype(np.int32)
 
 
-def encoder_variables(tree: Any) -> dict[str, Any]:
-    """``{"params", "batch_stats"}`` of the online encoder of a TrainState (or its dict form).
+NETWORKS = ("online", "target")  # a TrainState holds <network>_params / <network>_batch_stats
+
+
+def encoder_subtrees(network: str = "online") -> dict[str, str]:
+    """The TrainState fields holding ``network``'s ``{"params", "batch_stats"}``."""
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    return {"params": f"{network}_params", "batch_stats": f"{network}_batch_stats"}
+
+
+def encoder_variables(tree: Any, network: str = "online") -> dict[str, Any]:
+    """``{"params", "batch_stats"}`` of ``network``'s encoder (the online one by default) of a
+    TrainState, its dict form or a restored part of it holding those fields.
 
     Works on host and replicated states alike: it only selects subtrees, it copies nothing.
     """
     get = tree.get if isinstance(tree, Mapping) else lambda name: getattr(tree, name)
-    return {
-        "params": get("online_params")["encoder"],
-        "batch_stats": get("online_batch_stats")["encoder"],
-    }
+    return {key: get(field)["encoder"] for key, field in encoder_subtrees(network).items()}
 
 
 def feature_dim(encoder: nn.Module, variables: Mapping[str, Any], view: View) -> int:

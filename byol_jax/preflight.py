@@ -124,10 +124,7 @@ def linear_eval_program(
     )
     encoder = experiment.online_net.encoder
     state = abstract_state(experiment, config.seed)
-    variables = {
-        "params": state.online_params["encoder"],
-        "batch_stats": state.online_batch_stats["encoder"],
-    }
+    variables = features.encoder_variables(state)
     spec = linear_classifier.Spec(
         head=nn.Dense(num_classes, kernel_init=nn.initializers.zeros, name="head"),
         encoder=encoder,
@@ -174,10 +171,7 @@ def embed_program(
     )  # fmt: skip
     encoder = experiment.online_net.encoder
     state = abstract_state(experiment, config.seed)
-    variables = {
-        "params": state.online_params["encoder"],
-        "batch_stats": state.online_batch_stats["encoder"],
-    }
+    variables = features.encoder_variables(state)
     view = train_data.eval_view(config)
 
     def encode(v: Any, images: jax.Array) -> jax.Array:

@@ -27,7 +27,7 @@ import numpy as np
 from absl import app
 
 from byol_jax import export, features
-from byol_jax.evaluators import baselines, knn
+from byol_jax.evaluators import baselines, knn, logistic
 from configs import fashion_mnist
 
 CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -36,14 +36,9 @@ KS = (20, 200)
 
 
 def _standardized(bank: features.LocalFeatures, queries: features.LocalFeatures):
-    real = bank.features[bank.mask]
-    mean, std = real.mean(0), real.std(0)
-    std = np.where(std > 0, std, 1.0)  # a constant dimension stays centred at 0
-
-    def scale(x: features.LocalFeatures) -> features.LocalFeatures:
-        return x._replace(features=((x.features - mean) / std).astype(np.float32))
-
-    return scale(bank), scale(queries)
+    """Both sides scaled per dimension by the bank's statistics (the linear protocol's scaler)."""
+    scale = logistic.Standardizer.fit(bank.features[bank.mask])
+    return (x._replace(features=scale(x.features)) for x in (bank, queries))
 
 
 def _effective_rank(bank: features.LocalFeatures) -> float:
