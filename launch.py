@@ -58,8 +58,8 @@ def _define_flags() -> None:
         "distributed",
         "auto",
         ["auto", "on", "off"],
-        "auto: initialize JAX's distributed runtime when a coordinator is given or a multi-host "
-        "TPU / SLURM / Open MPI job is detected.",
+        "auto: initialize JAX's distributed runtime when a coordinator is given, on a Cloud TPU "
+        "VM, or in a GKE TPU pod / SLURM / Open MPI job of several processes.",
     )
     flags.DEFINE_string(
         "coordinator_address",
@@ -82,13 +82,35 @@ def _define_flags() -> None:
 
 
 def _multi_host_cluster_detected() -> bool:
-    """A launcher that jax.distributed.initialize() can read its topology from."""
+    """A launcher or TPU VM that jax.distributed.initialize() can read its topology from."""
     env = os.environ
     return (
         int(env.get("SLURM_NTASKS", "1")) > 1
         or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")  # TPU pods on GKE
+        or _on_cloud_tpu_vm()
     )
+
+
+def _on_cloud_tpu_vm() -> bool:
+    """A machine with TPU chips whose metadata server JAX may ask for its slice's workers.
+
+    A Cloud TPU VM names its workers in its metadata, not in the environment, so every TPU VM
+    initializes the runtime (a single-host slice as one process). Without it a pod slice still
+    runs (libtpu connects the hosts), but no preemption notice or failed host reaches the
+    others: SIGTERM would kill every worker without a checkpoint.
+    """
+    if "TPU_SKIP_MDS_QUERY" in os.environ:  # JAX's own switch for "no metadata server here"
+        return False
+    try:
+        # JAX's TPU probe (PCI vendor and device ids): Google's vendor id alone also matches
+        # the gVNIC of any GCE VM, GPU ones included. Private API, hence the fallback.
+        from jax._src import hardware_utils
+
+        chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    except Exception:  # a JAX without the probe: environment variables only, as before
+        return False
+    return chips > 0
 
 
 def _initialize_distributed() -> None:
@@ -168,6 +190,8 @@ def main(argv: list[str]) -> None:
         )
     except validation.ConfigError as error:
         _fail(str(error))
+    if jax.process_count() > 1 and not jax.distributed.is_initialized():
+        _fail(_no_runtime_message(jax.process_count()))
     _enable_compilation_cache(config, workdir)
     # Imported after validation: they pull in TensorFlow (seconds) that a typo should not wait on.
     from byol_jax import checkpoint, export, train, workdir_config
@@ -281,6 +305,16 @@ def _exit_now_if_multi_process(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _no_runtime_message(process_count: int) -> str:
+    return (
+        f"this job runs as {process_count} processes, but JAX's distributed runtime is not "
+        "initialized (--distributed=off, or a cluster launch.py does not detect): without it "
+        "a preemption notice or a failed host does not reach the other processes. Pass "
+        "--distributed=on (JAX reads the topology), or --coordinator_address, "
+        "--num_processes and --process_id."
+    )
 
 
 def _fail(message: str) -> None:

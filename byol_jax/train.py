@@ -112,6 +112,14 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
     return max(1, int(config.num_epochs * num_train_examples // config.batch_size))
 
 
+def warmup_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+    """``warmup_epochs`` in steps, at most ``max_warmup_fraction`` of the run: a run cut short
+    (``num_steps``, a few epochs) still spends most of its steps past the warmup."""
+    steps_per_epoch = max(1, num_train_examples // config.batch_size)
+    steps = total_steps(config, num_train_examples)
+    return min(int(config.warmup_epochs * steps_per_epoch), int(steps * config.max_warmup_fraction))
+
+
 def build_experiment(
     config: ml_collections.ConfigDict,
     *,
@@ -157,9 +165,7 @@ def build_experiment(
     probe = nn.Dense(max(num_classes, 1), name="probe")
 
     steps = total_steps(config, num_train_examples)
-    steps_per_epoch = max(1, num_train_examples // config.batch_size)
-    # Short runs (num_steps override) keep at least 90% of their steps out of warmup.
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), steps // 10)
+    warmup = warmup_steps(config, num_train_examples)
     lr_schedule = optim.learning_rate_schedule(
         config.optimizer.base_lr, config.batch_size, steps, warmup
     )
@@ -292,7 +298,10 @@ def train_and_evaluate(
     )
     if is_chief:
         workdir_config.check_and_save_config(
-            config, workdir, allow_config_change=allow_config_change
+            config,
+            workdir,
+            total_steps=experiment.total_steps,
+            allow_config_change=allow_config_change,
         )
 
     manager = checkpoint.create_manager(
@@ -317,7 +326,7 @@ def _train_then_evaluate(
     host_state, restored_step = checkpoint.restore_agreed(
         manager, initial_state(experiment, config.seed), workdir=workdir
     )
-    data = train_data.eval_data(config, num_classes=info.num_classes)
+    data = train_data.eval_data(config, num_classes=info.num_classes, workdir=str(workdir))
     evals = train_evals.build_evaluators(config, data)
     skipped = train_evals.scheduled_entries(config)
     if is_chief and not info.num_classes and skipped:

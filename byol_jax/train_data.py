@@ -107,12 +107,17 @@ def eval_data(
     config: ml_collections.ConfigDict,
     *,
     num_classes: int,
+    workdir: str | None = None,
     source_size: int | None = None,
     view: features.View | None = None,
 ) -> EvalData:
     """The data every evaluator draws on: splits of ``config.data`` at the evaluation source
     size, each process reading only its own shards (``features.SplitShards``); shares of at most
-    ``features.IN_MEMORY_BYTES`` decoded bytes per process are kept in memory between passes."""
+    ``features.IN_MEMORY_BYTES`` decoded bytes per process are kept in memory between passes.
+
+    ``workdir``: a run's folder, whose stored file list (folder datasets) evaluation then reads,
+    as training does: the same images and class indices, and no process lists the folder again.
+    """
     data = config.data
     size = int(source_size or data.source_size)
 
@@ -124,12 +129,13 @@ def eval_data(
             source_size=size,
             process_index=index,
             process_count=count,
+            workdir=workdir,
             **source_options(data),
         )
 
     def num_examples(split: str) -> int:
         info = input_pipeline.dataset_info(
-            data.dataset, split, source_size=size, **source_options(data)
+            data.dataset, split, source_size=size, workdir=workdir, **source_options(data)
         )
         return info.num_examples
 

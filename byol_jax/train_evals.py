@@ -79,7 +79,8 @@ def evaluate_workdir(
     encoder, variables, spec = export.read_encoder(workdir)
     data = train_data.eval_data(
         config,
-        num_classes=train_data.train_dataset_info(config).num_classes,
+        num_classes=train_data.train_dataset_info(config, str(workdir)).num_classes,
+        workdir=str(workdir),
         source_size=spec.source_size,
         view=spec.view,
     )

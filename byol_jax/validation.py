@@ -82,6 +82,7 @@ def validate_config(
     )
     _check(config, "seed", _is_int, "an integer")
     _check(config, "warmup_epochs", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    _check(config, "max_warmup_fraction", lambda v: _is_number(v) and 0 <= v < 1, "in [0, 1)")
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _check(config, key, lambda v: _is_int(v) and v > 0, "a positive integer")
     for key in ("async_checkpoints", "tensorboard", "compilation_cache"):

@@ -14,6 +14,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_epochs = 1000
     config.num_steps = -1  # > 0 overrides num_epochs
     config.warmup_epochs = 10.0
+    # Warmup takes at most this share of the steps (short runs: num_steps, few epochs).
+    config.max_warmup_fraction = 0.1
     config.log_every_steps = 100
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3

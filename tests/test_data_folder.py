@@ -175,6 +175,35 @@ def test_file_list_is_stored_in_the_workdir_and_reused(tmp_path):
     assert len(fresh["files"]) == 7
 
 
+def test_evaluation_reads_the_runs_stored_list_not_todays_folder(tmp_path):
+    from byol_jax import train_data
+    from configs import folder as folder_config
+
+    root, workdir = tmp_path / "images", tmp_path / "work"
+    make_classes_folder(root, 6, with_junk=False)
+    data.prepare_dataset("folder", data_dir=str(root), folder_labels=True, workdir=str(workdir))
+    # A class added after the run started sorts first: listed again, it would shift every
+    # class index and the held-out slices.
+    (root / "aaa_late").mkdir()
+    (root / "aaa_late" / "late.png").write_bytes(image_bytes("png", (8, 8), (1, 2, 3)))
+    config = folder_config.get_config()
+    config.data.update(folder=str(root), folder_labels=True, source_size=16)
+    splits = ("train[:50%]", "train[50%:]")
+    seen = []
+    for stored in (str(workdir), None):
+        evals = train_data.eval_data(config, num_classes=6, workdir=stored)
+        labels = [
+            int(label)
+            for split in splits
+            for batch in evals.read_shard(split, 0, 1, 4)
+            for label, real in zip(batch["label"], batch["mask"], strict=True)
+            if real
+        ]
+        seen.append((sum(evals.num_examples(split) for split in splits), sorted(labels)))
+    assert seen[0] == (6, list(range(6)))  # the run's own images and classes
+    assert seen[1] == (7, list(range(7)))  # without the workdir: today's folder
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_alone_decodes(tmp_path, kind):
     (tmp_path / f"x.{kind}.{'jpg' if 'jpeg' in kind else kind.split('_')[-1]}").write_bytes(

@@ -17,6 +17,7 @@ BAD_VALUES = [
     ("--config.data.image_size=4", "config.data.image_size=4"),
     ("--config.base_tau=1.5", "config.base_tau=1.5"),
     ("--config.optimizer.base_lr=0.0", "config.optimizer.base_lr=0.0"),
+    ("--config.max_warmup_fraction=1.0", "config.max_warmup_fraction=1.0 is invalid: in [0, 1)"),
     ("--config.model.stem=tiny", "config.model.stem='tiny'"),
     ("--config.model.dtype=float8", "config.model.dtype='float8'"),
     ("--config.log_every_steps=0", "config.log_every_steps=0"),
@@ -153,3 +154,36 @@ def test_default_config_variants_validate_and_unknown_ones_are_refused():
         fashion_mnist.get_config("longer")
     with pytest.raises(ValueError, match="its recipe is the default"):
         fashion_mnist.get_config("deep")
+
+
+def test_distributed_runtime_starts_on_tpu_vms_and_multi_process_launchers(monkeypatch):
+    from jax._src import hardware_utils
+
+    import launch
+
+    for name in (
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_SIZE",
+        "TPU_WORKER_HOSTNAMES",
+        "TPU_SKIP_MDS_QUERY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    # This machine: no TPU chips (JAX's real probe), no launcher.
+    assert hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0
+    assert not launch._multi_host_cluster_detected()
+    for name, value, detected in [
+        ("SLURM_NTASKS", "1", False),
+        ("SLURM_NTASKS", "4", True),
+        ("OMPI_COMM_WORLD_SIZE", "2", True),
+        ("TPU_WORKER_HOSTNAMES", "w0", False),
+        ("TPU_WORKER_HOSTNAMES", "w0,w1", True),
+    ]:
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            assert launch._multi_host_cluster_detected() is detected, (name, value)
+    # A Cloud TPU VM keeps its workers in metadata, not the environment: the chips decide.
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (4, None))
+    assert launch._multi_host_cluster_detected()
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # JAX's "no metadata server" switch
+    assert not launch._multi_host_cluster_detected()
+    assert "--distributed=on" in launch._no_runtime_message(8)

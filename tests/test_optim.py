@@ -127,3 +127,25 @@ def test_learning_rate_schedule_scales_warms_up_and_decays():
     np.testing.assert_allclose(schedule(100), 0.0, atol=1e-7)
     with pytest.raises(ValueError, match="warmup_steps"):
         optim.learning_rate_schedule(0.2, 256, total_steps=10, warmup_steps=10)
+
+
+def test_warmup_is_the_released_10_epochs_at_every_imagenet_preset_and_capped_for_short_runs():
+    from byol_jax import train
+    from configs import fashion_mnist, imagenet, smoke
+
+    imagenet_train = 1_281_167
+    for epochs in imagenet.PRESETS:
+        config = imagenet.get_config(f"epochs={epochs}")
+        assert train.warmup_steps(config, imagenet_train) == 10 * (imagenet_train // 4096)
+    # num_steps shortens a run: warmup keeps to a tenth of it.
+    short = imagenet.get_config("epochs=40")
+    short.num_steps = 1000
+    assert train.warmup_steps(short, imagenet_train) == 250
+    short.max_warmup_fraction = 0.1
+    assert train.warmup_steps(short, imagenet_train) == 100
+    # Fashion-MNIST as measured: 0.25 epochs (234 steps), cut to a tenth of :quick's 1875.
+    assert train.warmup_steps(fashion_mnist.get_config(), 60_000) == 234
+    assert train.warmup_steps(fashion_mnist.get_config("quick"), 60_000) == 187
+    assert train.warmup_steps(smoke.get_config(), 60_000) < train.total_steps(
+        smoke.get_config(), 60_000
+    )
