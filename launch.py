@@ -81,14 +81,13 @@ def _define_flags() -> None:
     )
 
 
-def _multi_host_cluster_detected() -> bool:
-    """A launcher or TPU VM that jax.distributed.initialize() can read its topology from."""
+def _launcher_in_environment() -> bool:
+    """SLURM, Open MPI or a GKE TPU pod with several processes: they say so in the environment."""
     env = os.environ
     return (
         int(env.get("SLURM_NTASKS", "1")) > 1
         or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
         or "," in env.get("TPU_WORKER_HOSTNAMES", "")  # TPU pods on GKE
-        or _on_cloud_tpu_vm()
     )
 
 
@@ -113,25 +112,44 @@ def _on_cloud_tpu_vm() -> bool:
     return chips > 0
 
 
-def _initialize_distributed() -> None:
-    """Start JAX's multi-controller runtime before anything touches the backend."""
+def _multi_host_cluster_detected() -> bool:
+    """A launcher or TPU VM that jax.distributed.initialize() can read its topology from."""
+    return _launcher_in_environment() or _on_cloud_tpu_vm()
+
+
+def _initialize_distributed(
+    mode: str, coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> None:
+    """Start JAX's multi-controller runtime before anything touches the backend.
+
+    ``mode``: ``--distributed`` (auto, on, off); the rest as their flags.
+    """
     import jax
 
-    explicit = FLAGS.coordinator_address is not None
-    wanted = FLAGS.distributed == "on" or (
-        FLAGS.distributed == "auto" and (explicit or _multi_host_cluster_detected())
-    )
-    if not wanted:
+    explicit = coordinator_address is not None
+    asked = mode == "on" or explicit or _launcher_in_environment()
+    if mode == "off" or not (asked or _on_cloud_tpu_vm()):
         return
-    if explicit and (FLAGS.num_processes is None or FLAGS.process_id is None):
+    if explicit and (num_processes is None or process_id is None):
         _fail("--coordinator_address needs --num_processes and --process_id as well")
     # CPU processes need a collectives backend to talk to each other; GPU/TPU ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=FLAGS.coordinator_address,
-        num_processes=FLAGS.num_processes,
-        process_id=FLAGS.process_id,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    except Exception as error:  # JAX's metadata query, e.g. on a TPU VM that has no server
+        if asked:
+            raise
+        # Only the TPU VM guess failed: one host runs as before; a pod slice is refused once
+        # the backend reports several processes (main).
+        print(
+            f"warning: JAX's distributed runtime did not start on this TPU VM ({error}); "
+            "running without it (--distributed=on makes this an error)",
+            file=sys.stderr,
+        )
 
 
 # Log records that repeat dozens of times per run and need no action: tfds probing dataset
@@ -160,7 +178,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     # Imported here so that `--help` stays fast and flags parse before JAX initializes.
-    _initialize_distributed()
+    _initialize_distributed(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
     import jax
 
     from byol_jax import data as input_pipeline

@@ -187,3 +187,30 @@ def test_distributed_runtime_starts_on_tpu_vms_and_multi_process_launchers(monke
     monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # JAX's "no metadata server" switch
     assert not launch._multi_host_cluster_detected()
     assert "--distributed=on" in launch._no_runtime_message(8)
+
+
+def test_a_tpu_vm_whose_runtime_cannot_start_runs_as_one_process(monkeypatch, capsys):
+    import jax
+
+    import launch
+
+    for name in (
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_SIZE",
+        "TPU_WORKER_HOSTNAMES",
+        "TPU_SKIP_MDS_QUERY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(launch, "_on_cloud_tpu_vm", lambda: True)
+    before = jax.config.jax_cpu_collectives_implementation
+    try:
+        # Guessed from the chips alone: JAX finds no TPU cluster here (a VM without metadata
+        # server), so the run goes on as one process with a warning.
+        launch._initialize_distributed("auto", None, None, None)
+        assert "did not start on this TPU VM" in capsys.readouterr().err
+        assert not jax.distributed.is_initialized()
+        # Asked for: the same failure is an error.
+        with pytest.raises(Exception, match="coordinator_address|must be called before"):
+            launch._initialize_distributed("on", None, None, None)
+    finally:
+        jax.config.update("jax_cpu_collectives_implementation", before)
