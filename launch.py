@@ -141,7 +141,9 @@ def _initialize_distributed(
             process_id=process_id,
         )
     except Exception as error:  # JAX's metadata query, e.g. on a TPU VM that has no server
-        if asked:
+        # A runtime that failed after its client was made (connecting to the others) would
+        # leave half a pod running on its own: only a failure before that is survivable.
+        if asked or jax.distributed.is_initialized():
             raise
         # Only the TPU VM guess failed: one host runs as before; a pod slice is refused once
         # the backend reports several processes (main).
@@ -330,8 +332,8 @@ def _exit_now_if_multi_process(code: int) -> None:
 def _no_runtime_message(process_count: int) -> str:
     return (
         f"this job runs as {process_count} processes, but JAX's distributed runtime is not "
-        "initialized (--distributed=off, or a cluster launch.py does not detect): without it "
-        "a preemption notice or a failed host does not reach the other processes. Pass "
+        "initialized (--distributed=off on a TPU pod slice?): without it a preemption notice "
+        "or a failed host does not reach the other processes. Pass "
         "--distributed=on (JAX reads the topology), or --coordinator_address, "
         "--num_processes and --process_id."
     )

@@ -296,12 +296,10 @@ def train_and_evaluate(
         num_train_examples=info.num_examples,
         conv_plan=conv_plan,
     )
+    workdir_config.refuse_a_shorter_run(workdir, experiment.total_steps)
     if is_chief:
         workdir_config.check_and_save_config(
-            config,
-            workdir,
-            total_steps=experiment.total_steps,
-            allow_config_change=allow_config_change,
+            config, workdir, allow_config_change=allow_config_change
         )
 
     manager = checkpoint.create_manager(

@@ -45,29 +45,30 @@ def check_and_save_config(
     config: ml_collections.ConfigDict,
     workdir: storage.PathLike,
     *,
-    total_steps: int | None = None,
     allow_config_change: bool = False,
 ) -> None:
-    """Write ``workdir/config.json``; refuse a run whose model/data differ from the saved one.
-
-    ``total_steps``: the steps this config trains. A workdir whose newest checkpoint is past
-    them (a shorter run pointed at a finished one's workdir) is refused, changes allowed or not:
-    resuming would train nothing and score the longer run's encoder as this one's.
-    """
+    """Write ``workdir/config.json``; refuse a run whose model/data differ from the saved one."""
     path = storage.path(workdir) / "config.json"
     new = json.loads(config.to_json_best_effort())
+    has_checkpoints = bool(checkpoint.step_dirs(workdir))
+    if path.exists() and has_checkpoints and not allow_config_change:
+        _refuse_changes(path, new, workdir)
+    # Written whole: a crash never leaves a half-written config.
+    storage.write_text(path, json.dumps(new, indent=2, sort_keys=True))
+    write_encoder_spec(config, workdir)
+
+
+def refuse_a_shorter_run(workdir: storage.PathLike, total_steps: int) -> None:
+    """Refuse a workdir whose newest checkpoint is past ``total_steps`` (a shorter run pointed at
+    a longer one's workdir), changes allowed or not: resuming would train nothing and score the
+    longer run's encoder as this one's. Every process calls it, so all exit together."""
     saved_steps = checkpoint.step_dirs(workdir)
-    if total_steps is not None and saved_steps and saved_steps[-1] > total_steps:
+    if saved_steps and saved_steps[-1] > total_steps:
         raise ConfigConflictError(
             f"{workdir} holds a checkpoint at step {saved_steps[-1]}, past the {total_steps} "
             "steps this config trains (num_epochs, num_steps or batch_size is smaller than the "
             "saved run's). Use a new --workdir for the shorter run."
         )
-    if path.exists() and saved_steps and not allow_config_change:
-        _refuse_changes(path, new, workdir)
-    # Written whole: a crash never leaves a half-written config.
-    storage.write_text(path, json.dumps(new, indent=2, sort_keys=True))
-    write_encoder_spec(config, workdir)
 
 
 def _refuse_changes(path: Any, new: dict[str, Any], workdir: storage.PathLike) -> None:

@@ -204,6 +204,25 @@ def test_evaluation_reads_the_runs_stored_list_not_todays_folder(tmp_path):
     assert seen[1] == (7, list(range(7)))  # without the workdir: today's folder
 
 
+def test_a_run_trained_unlabelled_is_evaluated_with_labels_from_the_folder(tmp_path):
+    root, workdir = tmp_path / "images", tmp_path / "work"
+    make_classes_folder(root, 6, with_junk=False)
+    data.prepare_dataset("folder", data_dir=str(root), folder_labels=False, workdir=str(workdir))
+    assert json.loads((workdir / folder.FILE_LIST).read_text())["layout"] == "flat"
+    # --mode=knn/linear_eval with data.folder_labels=True on that workdir: the stored flat
+    # list has no classes, so the folder's own labels are read.
+    for labelled, classes in ((True, 6), (False, 0)):
+        info = data.dataset_info(
+            "folder",
+            "train",
+            data_dir=str(root),
+            source_size=8,
+            folder_labels=labelled,
+            workdir=str(workdir),
+        )
+        assert (info.num_examples, info.num_classes) == (6, classes)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_alone_decodes(tmp_path, kind):
     (tmp_path / f"x.{kind}.{'jpg' if 'jpeg' in kind else kind.split('_')[-1]}").write_bytes(

@@ -168,8 +168,8 @@ def test_distributed_runtime_starts_on_tpu_vms_and_multi_process_launchers(monke
         "TPU_SKIP_MDS_QUERY",
     ):
         monkeypatch.delenv(name, raising=False)
-    # This machine: no TPU chips (JAX's real probe), no launcher.
-    assert hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0
+    # No TPU chips (the probe says so on any machine without them), no launcher.
+    monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (0, None))
     assert not launch._multi_host_cluster_detected()
     for name, value, detected in [
         ("SLURM_NTASKS", "1", False),
@@ -204,8 +204,12 @@ def test_a_tpu_vm_whose_runtime_cannot_start_runs_as_one_process(monkeypatch, ca
     monkeypatch.setattr(launch, "_on_cloud_tpu_vm", lambda: True)
     before = jax.config.jax_cpu_collectives_implementation
     try:
-        # Guessed from the chips alone: JAX finds no TPU cluster here (a VM without metadata
-        # server), so the run goes on as one process with a warning.
+        # Forced off: not even tried.
+        launch._initialize_distributed("off", None, None, None)
+        assert capsys.readouterr().err == ""
+        # Guessed from the chips alone, and JAX's initialize() fails before any client exists
+        # (here: no cluster to detect, or the backend already up in this test process; on a
+        # TPU VM: no metadata server): the run goes on as one process with a warning.
         launch._initialize_distributed("auto", None, None, None)
         assert "did not start on this TPU VM" in capsys.readouterr().err
         assert not jax.distributed.is_initialized()

@@ -137,7 +137,7 @@ def test_warmup_is_the_released_10_epochs_at_every_imagenet_preset_and_capped_fo
     for epochs in imagenet.PRESETS:
         config = imagenet.get_config(f"epochs={epochs}")
         assert train.warmup_steps(config, imagenet_train) == 10 * (imagenet_train // 4096)
-    # num_steps shortens a run: warmup keeps to a tenth of it.
+    # num_steps shortens a run: warmup keeps to the config's share of it (a quarter, a tenth).
     short = imagenet.get_config("epochs=40")
     short.num_steps = 1000
     assert train.warmup_steps(short, imagenet_train) == 250

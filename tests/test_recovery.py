@@ -162,25 +162,22 @@ def test_workdir_with_other_model_is_refused_unless_allowed(tmp_path):
 
 def test_shorter_run_in_a_longer_runs_workdir_is_refused_and_leaves_its_config(tmp_path):
     config = smoke.get_config()
-    config.num_steps = 10
-    os.makedirs(tmp_path / "checkpoints" / "10")
-    workdir_config.check_and_save_config(config, str(tmp_path), total_steps=10)
+    config.num_steps = 6
+    workdir = str(tmp_path)
+    train.train_and_evaluate(config, workdir)
     saved = (tmp_path / "config.json").read_text()
     shorter = smoke.get_config()
     shorter.num_steps = 4
     for allowed in (False, True):
         with pytest.raises(
-            workdir_config.ConfigConflictError, match="checkpoint at step 10, past the 4 steps"
+            workdir_config.ConfigConflictError, match="checkpoint at step 6, past the 4 steps"
         ):
-            workdir_config.check_and_save_config(
-                shorter, str(tmp_path), total_steps=4, allow_config_change=allowed
-            )
+            train.train_and_evaluate(shorter, workdir, allow_config_change=allowed)
     assert (tmp_path / "config.json").read_text() == saved  # the longer run's config stays
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
     # Rerunning the finished run itself (same length) or training it further is fine.
-    workdir_config.check_and_save_config(config, str(tmp_path), total_steps=10)
-    longer = smoke.get_config()
-    longer.num_steps = 20
-    workdir_config.check_and_save_config(longer, str(tmp_path), total_steps=20)
+    workdir_config.refuse_a_shorter_run(workdir, 6)
+    workdir_config.refuse_a_shorter_run(workdir, 20)
 
 
 def test_sigint_and_sigterm_become_a_stop_request_and_handlers_are_restored():

@@ -119,9 +119,10 @@ def write_file_list(listing: dict[str, Any], workdir: str) -> epath.Path:
     return path
 
 
-def read_file_list(workdir: str | None, root: str) -> dict[str, Any] | None:
+def read_file_list(workdir: str | None, root: str, labelled: bool = False) -> dict[str, Any] | None:
     """The listing stored in ``workdir`` for ``root``, or None if there is none (or for another
-    folder)."""
+    folder, or without labels where ``labelled`` asks for them: a run trained unlabelled, then
+    evaluated with ``folder_labels=True``)."""
     if not workdir:
         return None
     path = epath.Path(workdir) / FILE_LIST
@@ -131,7 +132,9 @@ def read_file_list(workdir: str | None, root: str) -> dict[str, Any] | None:
         listing = json.loads(path.read_text())
     except ValueError as e:
         raise DatasetError(f"{path} is damaged ({e}); delete it to list the folder again.") from e
-    return listing if listing.get("root") == str(root).rstrip("/") else None
+    if listing.get("root") != str(root).rstrip("/"):
+        return None
+    return None if labelled and listing.get("layout") == "flat" else listing
 
 
 _listings: dict[tuple[str, bool], dict[str, Any]] = {}
@@ -139,7 +142,7 @@ _listings: dict[tuple[str, bool], dict[str, Any]] = {}
 
 def folder_listing(root: str, labelled: bool, workdir: str | None = None) -> dict[str, Any]:
     """The stored listing if ``workdir`` has one, else the folder listed (once per process)."""
-    stored = read_file_list(workdir, root)
+    stored = read_file_list(workdir, root, labelled)
     if stored is not None:
         return stored
     key = (str(root).rstrip("/"), labelled)
