@@ -137,15 +137,20 @@ def read_file_list(workdir: str | None, root: str, labelled: bool = False) -> di
     return None if labelled and listing.get("layout") == "flat" else listing
 
 
-_listings: dict[tuple[str, bool], dict[str, Any]] = {}
+# Per process: (root, labelled, workdir or "") -> listing. Evaluation asks again on every pass;
+# a stored list is written once per workdir, so it is read once, not once per pass.
+_listings: dict[tuple[str, bool, str], dict[str, Any]] = {}
 
 
 def folder_listing(root: str, labelled: bool, workdir: str | None = None) -> dict[str, Any]:
     """The stored listing if ``workdir`` has one, else the folder listed (once per process)."""
-    stored = read_file_list(workdir, root, labelled)
-    if stored is not None:
-        return stored
-    key = (str(root).rstrip("/"), labelled)
+    root = str(root).rstrip("/")
+    stored_key = (root, labelled, str(workdir or ""))
+    if workdir and stored_key not in _listings:
+        stored = read_file_list(workdir, root, labelled)
+        if stored is not None:
+            _listings[stored_key] = stored
+    key = stored_key if stored_key in _listings else (root, labelled, "")
     if key not in _listings:
         _listings[key] = list_folder(root, labelled)
     return _listings[key]
