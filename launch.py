@@ -112,11 +112,6 @@ def _on_cloud_tpu_vm() -> bool:
     return chips > 0
 
 
-def _multi_host_cluster_detected() -> bool:
-    """A launcher or TPU VM that jax.distributed.initialize() can read its topology from."""
-    return _launcher_in_environment() or _on_cloud_tpu_vm()
-
-
 def _initialize_distributed(
     mode: str, coordinator_address: str | None, num_processes: int | None, process_id: int | None
 ) -> None:

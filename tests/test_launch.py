@@ -156,11 +156,7 @@ def test_default_config_variants_validate_and_unknown_ones_are_refused():
         fashion_mnist.get_config("deep")
 
 
-def test_distributed_runtime_starts_on_tpu_vms_and_multi_process_launchers(monkeypatch):
-    from jax._src import hardware_utils
-
-    import launch
-
+def _clear_launcher_environment(monkeypatch):
     for name in (
         "SLURM_NTASKS",
         "OMPI_COMM_WORLD_SIZE",
@@ -168,9 +164,17 @@ def test_distributed_runtime_starts_on_tpu_vms_and_multi_process_launchers(monke
         "TPU_SKIP_MDS_QUERY",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+def test_distributed_runtime_starts_on_tpu_vms_and_multi_process_launchers(monkeypatch):
+    from jax._src import hardware_utils
+
+    import launch
+
+    _clear_launcher_environment(monkeypatch)
     # No TPU chips (the probe says so on any machine without them), no launcher.
     monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (0, None))
-    assert not launch._multi_host_cluster_detected()
+    assert not launch._launcher_in_environment() and not launch._on_cloud_tpu_vm()
     for name, value, detected in [
         ("SLURM_NTASKS", "1", False),
         ("SLURM_NTASKS", "4", True),
@@ -180,12 +184,12 @@ def test_distributed_runtime_starts_on_tpu_vms_and_multi_process_launchers(monke
     ]:
         with monkeypatch.context() as env:
             env.setenv(name, value)
-            assert launch._multi_host_cluster_detected() is detected, (name, value)
+            assert launch._launcher_in_environment() is detected, (name, value)
     # A Cloud TPU VM keeps its workers in metadata, not the environment: the chips decide.
     monkeypatch.setattr(hardware_utils, "num_available_tpu_chips_and_device_id", lambda: (4, None))
-    assert launch._multi_host_cluster_detected()
+    assert launch._on_cloud_tpu_vm()
     monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")  # JAX's "no metadata server" switch
-    assert not launch._multi_host_cluster_detected()
+    assert not launch._on_cloud_tpu_vm()
     assert "--distributed=on" in launch._no_runtime_message(8)
 
 
@@ -194,13 +198,7 @@ def test_a_tpu_vm_whose_runtime_cannot_start_runs_as_one_process(monkeypatch, ca
 
     import launch
 
-    for name in (
-        "SLURM_NTASKS",
-        "OMPI_COMM_WORLD_SIZE",
-        "TPU_WORKER_HOSTNAMES",
-        "TPU_SKIP_MDS_QUERY",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    _clear_launcher_environment(monkeypatch)
     monkeypatch.setattr(launch, "_on_cloud_tpu_vm", lambda: True)
     before = jax.config.jax_cpu_collectives_implementation
     try:
