@@ -295,6 +295,8 @@ def _cpu_autotune(config) -> tuple:
 
 def _evaluate(mode: str, config, workdir: str) -> dict:
     """The non-training modes; all read the newest checkpoint in ``workdir``."""
+    import jax
+
     from byol_jax import export, storage, train_data, train_evals, workdir_config
 
     data = config.data
@@ -302,11 +304,24 @@ def _evaluate(mode: str, config, workdir: str) -> dict:
         return train_evals.evaluate_workdir(config, workdir, EVAL_MODES[mode])
     workdir_config.ensure_encoder_spec(config, workdir)  # workdirs of earlier versions
     if mode == "export":
-        return {"written": export.export_encoder(workdir, FLAGS.output or f"{workdir}/export")}
+        out = FLAGS.output or f"{workdir}/export"
+        return {"written": export.export_encoder(workdir, out, process_index=jax.process_index())}
     split = FLAGS.split or data.eval_split
     out = FLAGS.output or str(storage.path(workdir) / f"embeddings_{split.replace(':', '_')}.npy")
-    export.embed_split(workdir, data.dataset, split, out, **train_data.source_options(data))
-    return {"written": out}
+    # On a pod each process embeds and writes its own part of the split.
+    written = export.embed_split(
+        workdir,
+        data.dataset,
+        split,
+        out,
+        workdir=workdir,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        **train_data.source_options(data),
+    )
+    if jax.process_count() > 1:
+        return {"written": out, "parts": jax.process_count(), "read": "export.read_embeddings"}
+    return {"written": written["embeddings"]}
 
 
 def _exit_now_if_multi_process(code: int) -> None:

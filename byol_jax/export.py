@@ -132,11 +132,20 @@ def read_encoder(
 
 
 def export_encoder(
-    workdir: storage.PathLike, out_dir: storage.PathLike, *, step: int | None = None
+    workdir: storage.PathLike,
+    out_dir: storage.PathLike,
+    *,
+    step: int | None = None,
+    process_index: int = 0,
 ) -> str:
     """Write ``out_dir/encoder.msgpack`` and ``out_dir/encoder.json`` (local or ``gs://``);
-    returns ``out_dir``."""
+    returns ``out_dir``.
+
+    On a pod every process must call it (Orbax's restore is collective); only process 0 writes.
+    """
     _, variables, spec = read_encoder(workdir, step=step)
+    if process_index != 0:
+        return str(out_dir)
     folder = storage.makedirs(out_dir)
     payload = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))
     # Each file is written whole (aside and renamed on local disk): never half-written.
@@ -203,11 +212,19 @@ def embed_split(
     batch_size: int = 256,
     save_labels: bool = True,
     folder_labels: bool = False,
+    workdir: str | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> dict[str, Any]:
-    """Embed every example of a tfds/IDX split and ``np.save`` them to ``out_path`` [N, D].
+    """Embed every example of a split and ``np.save`` them to ``out_path`` [N, D].
 
     Labels go next to it as ``<out_path stem>_labels.npy`` unless ``save_labels`` is False.
-    Returns the written paths and the array shape.
+    With ``process_count`` > 1 (a pod, all processes calling together) process ``p`` embeds
+    only its contiguous part of the split and writes it alone, to ``part_paths(out_path, p,
+    process_count)``: no host embeds or holds the whole split, and no two write the same object.
+    ``read_embeddings(out_path)`` joins the parts in order, which is the one-process array.
+    ``workdir``: a folder dataset's file list stored by pretraining (the same order as training).
+    Returns the written paths and the shape of what this process wrote.
     """
     encoder, variables, spec = read_encoder(path)
     batches = input_pipeline.eval_batches(
@@ -216,20 +233,68 @@ def embed_split(
         data_dir=data_dir,
         batch_size=features.device_multiple(batch_size),
         source_size=spec.source_size,
+        process_index=process_index,
+        process_count=process_count,
         idx_dir=idx_dir,
         folder_labels=folder_labels,
+        workdir=workdir,
     )
+    # Every process gets the same number of batches (padding masked), so the device calls of
+    # a multi-process run stay in step.
     embeddings, labels = features.embed_batches(encoder, variables, batches, spec.view)
-    if not out_path.endswith(".npy"):
-        out_path += ".npy"
-    storage.makedirs(storage.path(out_path).parent)
-    _save_npy(out_path, embeddings)
-    result: dict[str, Any] = {"embeddings": out_path, "shape": list(embeddings.shape)}
+    target, labels_target = part_paths(out_path, process_index, process_count)
+    storage.makedirs(storage.path(target).parent)
+    _save_npy(target, embeddings)
+    result: dict[str, Any] = {"embeddings": target, "shape": list(embeddings.shape)}
     if save_labels:
-        labels_path = out_path[: -len(".npy")] + "_labels.npy"
-        _save_npy(labels_path, labels)
-        result["labels"] = labels_path
+        _save_npy(labels_target, labels)
+        result["labels"] = labels_target
     return result
+
+
+def part_paths(out_path: str, process_index: int = 0, process_count: int = 1) -> tuple[str, str]:
+    """(embeddings, labels) files that process ``process_index`` of ``process_count`` writes.
+
+    One process: ``<stem>.npy`` and ``<stem>_labels.npy``; several:
+    ``<stem>-00003-of-00064.npy`` and ``<stem>_labels-00003-of-00064.npy``.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    stem = out_path[: -len(".npy")] if out_path.endswith(".npy") else out_path
+    if process_count == 1:
+        return f"{stem}.npy", f"{stem}_labels.npy"
+    part = f"-{process_index:05d}-of-{process_count:05d}.npy"
+    return f"{stem}{part}", f"{stem}_labels{part}"
+
+
+def read_embeddings(out_path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(embeddings [N, D], labels [N] or None) that ``embed_split`` wrote to ``out_path``,
+    from one file or joined from every process's part, in split order."""
+    single, single_labels = part_paths(out_path)
+    if storage.path(single).is_file():
+        return _load_npy(single), _load_npy_if_present(single_labels)
+    stem = single[: -len(".npy")]
+    folder = storage.path(stem).parent
+    parts = sorted(folder.glob(f"{storage.path(stem).name}-?????-of-?????.npy"))
+    counts = {int(p.name[-len("00064.npy") : -len(".npy")]) for p in parts}
+    if len(counts) != 1 or len(parts) != next(iter(counts)):
+        raise FileNotFoundError(
+            f"no complete embeddings at {out_path}: expected {single} or one part per process "
+            f"({stem}-NNNNN-of-NNNNN.npy), found {[p.name for p in parts] or 'none'}"
+        )
+    count = len(parts)
+    pairs = [part_paths(out_path, index, count) for index in range(count)]
+    embeddings = np.concatenate([_load_npy(e) for e, _ in pairs])
+    labels = [_load_npy_if_present(lab) for _, lab in pairs]
+    return embeddings, None if any(lab is None for lab in labels) else np.concatenate(labels)
+
+
+def _load_npy(source: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(source)), allow_pickle=False)
+
+
+def _load_npy_if_present(source: str) -> np.ndarray | None:
+    return _load_npy(source) if storage.path(source).is_file() else None
 
 
 def _save_npy(target: str, array: np.ndarray) -> None:

@@ -11,8 +11,8 @@ length measured that beats raw pixels at kNN k=20 by more than a run's spread in
 epochs (28 min on Intel) tie there in three runs (mean -0.20), 10 epochs +0.19 in one. Variants:
   :quick  ResNet-10 w64 for 2 epochs at LR 4 (12 min): 86.9% linear, above raw pixels in linear
           accuracy only
-  :long   the default's recipe for 20 epochs (about 70 min on Intel, 130 on AMD): not measured
-          yet (the default already reaches :long's 88% linear goal in both runs)
+  :long   the default's recipe for 20 epochs (about 70 min on Intel, 140 on AMD): 88.42 / 86.58 /
+          83.81 (AMD, 2026-12-07), level with 15 epochs (+0.0 linear, +0.2-0.4 kNN-20)
 How these recipes were chosen: docs/recipe_study.md.
 """
 

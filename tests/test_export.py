@@ -125,9 +125,36 @@ def test_embed_split_writes_npy(run, tmp_path):
     embeddings = np.load(out["embeddings"])
     assert out["embeddings"].endswith("emb.npy") and embeddings.shape == (24, 64)
     np.testing.assert_array_equal(np.load(out["labels"]), labels)
+    joined, joined_labels = export.read_embeddings(str(tmp_path / "emb"))
+    np.testing.assert_array_equal(joined, embeddings)
+    np.testing.assert_array_equal(joined_labels, labels)
     np.testing.assert_allclose(
         embeddings, export.load_encoder(workdir)(images), rtol=1e-5, atol=1e-5
     )
+
+
+def test_embed_split_on_several_processes_writes_parts_that_join_to_the_whole(run, tmp_path):
+    config, workdir, images, labels = run
+    split, out = "test[:24]", str(tmp_path / "emb.npy")
+    # Processes 0..2 of a 3-process job, one after another: each embeds only its own part.
+    shapes = [
+        export.embed_split(
+            workdir, config.data.dataset, split, out, process_index=p, process_count=3
+        )["shape"]
+        for p in range(3)
+    ]
+    assert shapes == [[8, 64]] * 3
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"emb{kind}-0000{p}-of-00003.npy" for kind in ("", "_labels") for p in range(3)
+    )
+    embeddings, joined_labels = export.read_embeddings(out)
+    np.testing.assert_array_equal(joined_labels, labels)
+    np.testing.assert_allclose(
+        embeddings, export.load_encoder(workdir)(images), rtol=1e-5, atol=1e-5
+    )
+    os.remove(tmp_path / "emb-00001-of-00003.npy")
+    with pytest.raises(FileNotFoundError, match="no complete embeddings"):
+        export.read_embeddings(out)
 
 
 def test_bad_path_is_explained(tmp_path):

@@ -25,6 +25,10 @@ from launch_helpers import (
     wait_for_line,
 )
 
+from byol_jax import data as input_pipeline
+from byol_jax import export
+from configs import smoke
+
 # Checkpoints every 4 steps, all kept: step 4 compares layouts before float noise grows.
 RUN_ARGS = [
     f"--config={SMOKE}",
@@ -140,6 +144,29 @@ def test_two_processes_stop_together_resume_and_match_one_process(tmp_path):
     assert os.listdir(two / "corrupt_checkpoints") == ["14"]
     digests = _summary(two)["state_digests"]
     assert _summary(two)["step"] == 16 and digests[0] == digests[1]
+
+    # --mode=embed on the pair: each process embeds and writes its own part of the split; the
+    # parts join to the encoder's embedding of the whole split, in order.
+    embed_args = ("--mode=embed", "--split=test[:24]", f"--output={two / 'emb.npy'}")
+    _finish(_start_pair(two, (embed_args, embed_args)))
+    assert sorted(p.name for p in two.glob("emb*")) == [
+        f"emb{kind}-0000{p}-of-00002.npy" for kind in ("", "_labels") for p in range(2)
+    ]
+    embeddings, labels = export.read_embeddings(str(two / "emb.npy"))
+    config = smoke.get_config()
+    batch = next(
+        input_pipeline.eval_batches(
+            config.data.dataset,
+            "test[:24]",
+            data_dir=config.data.data_dir,
+            batch_size=24,
+            source_size=config.data.source_size,
+            idx_dir=config.data.idx_dir,
+        )
+    )
+    np.testing.assert_array_equal(labels, batch["label"])
+    expected = export.load_encoder(str(two))(batch["image"])
+    np.testing.assert_allclose(embeddings, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_failing_process_stops_the_whole_job(tmp_path):
