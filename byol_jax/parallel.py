@@ -137,15 +137,26 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def runtime_owns_preemption() -> bool:
+    """Whether JAX's distributed runtime hears this process's SIGTERM (its preemption notifier).
+
+    Every run that started the runtime: a pod, a GPU cluster, and a single-host TPU VM too
+    (launch.py starts it there), where a notice that arrives before the training loop (while
+    compiling or preparing data) is then still honoured at the first step.
+    """
+    return jax.process_count() > 1 or jax.distributed.is_initialized()
+
+
 def stop_agreed(step: int, local_request: bool) -> bool:
     """Whether to stop after ``step``: true on every process at the same step.
 
-    One process: its own signal flag. Several: JAX's distributed runtime, which hears SIGTERM on
-    any process (its preemption notifier), agrees on a step with the others in the background
-    and answers here from host memory: no device work and no wait on the devices, so the host
-    keeps dispatching steps ahead. Must be called at every step, with the same steps on all.
+    Without JAX's distributed runtime: its own signal flag. With it (several processes, or one
+    on a TPU VM): the runtime, which hears SIGTERM on any process (its preemption notifier),
+    agrees on a step with the others in the background and answers here from host memory: no
+    device work and no wait on the devices, so the host keeps dispatching steps ahead. Must be
+    called at every step, with the same steps on all.
     """
-    if jax.process_count() == 1:
+    if not runtime_owns_preemption():
         return local_request
     from jax.experimental import multihost_utils
 

@@ -4,10 +4,11 @@ Cloud TPU VMs and spot GPU instances get SIGTERM shortly before they disappear; 
 Ctrl-C. Either way the training loop sees the request at a step boundary instead of dying
 mid-step. A second SIGINT interrupts immediately.
 
-In a multi-process run SIGTERM belongs to JAX's distributed runtime: its preemption notifier
-(installed by ``jax.distributed.initialize``) hears it on any process and agrees on a stop step
-with the others (``parallel.stop_agreed``). This module then leaves SIGTERM alone and turns a
-Ctrl-C into a SIGTERM to its own process, so both reach the runtime.
+In a run that started JAX's distributed runtime (several processes, or one on a TPU VM),
+SIGTERM belongs to the runtime: its preemption notifier (installed by
+``jax.distributed.initialize``) hears it on any process and agrees on a stop step with the others
+(``parallel.stop_agreed``). This module then leaves SIGTERM alone and turns a Ctrl-C into a
+SIGTERM to its own process, so both reach the runtime.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from types import FrameType
 class StopSignal:
     """Context manager that turns SIGTERM/SIGINT into a flag polled by the training loop.
 
-    ``runtime_owns_sigterm``: multi-process runs, where JAX's preemption notifier handles SIGTERM.
+    ``runtime_owns_sigterm``: runs with JAX's distributed runtime, whose preemption notifier
+    handles SIGTERM.
     """
 
     def __init__(self, *, runtime_owns_sigterm: bool = False) -> None:

@@ -358,8 +358,8 @@ def _train_then_evaluate(
     digests: list[str] = []
     step = start_step
     stopped_by: str | None = None
-    multi_process = jax.process_count() > 1
-    with preemption.StopSignal(runtime_owns_sigterm=multi_process) as stop:
+    runtime_owns_sigterm = parallel.runtime_owns_preemption()
+    with preemption.StopSignal(runtime_owns_sigterm=runtime_owns_sigterm) as stop:
         for step in range(start_step + 1, steps + 1):
             profile.before_step(step)
             # A step that neither logs nor saves must not wait on the devices: no transfer to
@@ -414,7 +414,7 @@ def _train_then_evaluate(
             if stop_now:
                 stopped_by = (
                     "a preemption notice (SIGTERM or Ctrl-C) on some process"
-                    if multi_process
+                    if runtime_owns_sigterm
                     else stop.signal_name
                 )
                 break

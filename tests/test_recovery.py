@@ -3,6 +3,7 @@
 import errno
 import os
 import signal
+import socket
 import time
 
 import jax
@@ -82,6 +83,24 @@ def _toy_manager(tmp_path):
         assert checkpoint.save(manager, step, state)
     checkpoint.wait(manager)  # saves are asynchronous
     return manager, template
+
+
+def test_one_process_with_the_runtime_honours_a_notice_that_came_before_training(tmp_path):
+    # A single-host TPU VM starts JAX's distributed runtime, whose notifier owns SIGTERM. A
+    # notice while the run still compiles must stop it at its first steps with a checkpoint
+    # (not be swallowed), as in a pod.
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    runtime = [f"--coordinator_address=localhost:{port}", "--num_processes=1", "--process_id=0"]
+    process = start_launch(tmp_path, *RUN_ARGS, *runtime)
+    wait_for_line(process, "config:")  # printed after the runtime started, before compiling
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "stopped by a preemption notice (SIGTERM or Ctrl-C) on some process" in output, output
+    stopped_at = int(output.split("after step ")[1].split(";")[0])
+    assert 1 <= stopped_at < 16 and os.listdir(tmp_path / "checkpoints") == [str(stopped_at)]
 
 
 @pytest.mark.parametrize("how", ["truncate", "garble"])
