@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from byol_jax import checkpoint, train
+from byol_jax import data as input_pipeline
 from configs import smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +49,28 @@ def restore_smoke_state(workdir: Any, step: int | None = None) -> tuple[Any, int
     if step is None:
         return checkpoint.restore_latest(manager, template)
     return checkpoint.restore_step(manager, step, template), step
+
+
+def free_port(host: str = "localhost") -> int:
+    """A TCP port nobody listens on now (for a coordinator or a local server)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def smoke_eval_batch(split: str, size: int) -> dict[str, np.ndarray]:
+    """The first ``size`` examples of ``split`` as the smoke config's evaluation reads them."""
+    data = smoke.get_config().data
+    return next(
+        input_pipeline.eval_batches(
+            data.dataset,
+            split,
+            data_dir=data.data_dir,
+            batch_size=size,
+            source_size=data.source_size,
+            idx_dir=data.idx_dir,
+        )
+    )
 
 
 def wait_for_line(process: subprocess.Popen, prefix: str, timeout: float = 300) -> str:

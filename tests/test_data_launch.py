@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 
 import jax
 import numpy as np
 from folder_helpers import image_bytes
-from launch_helpers import SMOKE, restore_smoke_state, start_launch
+from launch_helpers import SMOKE, free_port, restore_smoke_state, start_launch
 
 from byol_jax.data import folder
 
@@ -85,18 +84,12 @@ def test_unlabelled_folder_skips_the_evaluators_with_one_line(tmp_path):
     assert json.loads((tmp_path / "work" / "summary.json").read_text())["step"] == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_on_a_folder_match_one_process(tmp_path):
     images, two, one = tmp_path / "images", tmp_path / "two", tmp_path / "one"
     _make_folder(images)
     args = _args(images, "--config.data.folder_labels=True", "--config.num_steps=4",
                  "--config.checkpoint_every_steps=4")  # fmt: skip
-    port = _free_port()
+    port = free_port()
     pair = [
         start_launch(
             two, *args, f"--coordinator_address=localhost:{port}", "--num_processes=2",

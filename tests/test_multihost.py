@@ -10,7 +10,6 @@ others hanging.
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -20,14 +19,14 @@ import pytest
 from launch_helpers import (
     SMOKE,
     damage_checkpoint,
+    free_port,
     restore_smoke_state,
+    smoke_eval_batch,
     start_launch,
     wait_for_line,
 )
 
-from byol_jax import data as input_pipeline
 from byol_jax import export
-from configs import smoke
 
 # Checkpoints every 4 steps, all kept: step 4 compares layouts before float noise grows.
 RUN_ARGS = [
@@ -39,12 +38,6 @@ RUN_ARGS = [
     # fails the run: the host must never wait on the devices there.
     "--config.transfer_guard=disallow_explicit",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _start(workdir, devices, *extra, process_id=None, port=None):
@@ -60,7 +53,7 @@ def _start(workdir, devices, *extra, process_id=None, port=None):
 
 
 def _start_pair(workdir, extra=((), ())):
-    port = _free_port()
+    port = free_port()
     return [_start(workdir, 2, *extra[i], process_id=i, port=port) for i in range(2)]
 
 
@@ -153,17 +146,7 @@ def test_two_processes_stop_together_resume_and_match_one_process(tmp_path):
         f"emb{kind}-0000{p}-of-00002.npy" for kind in ("", "_labels") for p in range(2)
     ]
     embeddings, labels = export.read_embeddings(str(two / "emb.npy"))
-    config = smoke.get_config()
-    batch = next(
-        input_pipeline.eval_batches(
-            config.data.dataset,
-            "test[:24]",
-            data_dir=config.data.data_dir,
-            batch_size=24,
-            source_size=config.data.source_size,
-            idx_dir=config.data.idx_dir,
-        )
-    )
+    batch = smoke_eval_batch("test[:24]", 24)
     np.testing.assert_array_equal(labels, batch["label"])
     expected = export.load_encoder(str(two))(batch["image"])
     np.testing.assert_allclose(embeddings, expected, rtol=1e-4, atol=1e-5)

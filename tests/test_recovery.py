@@ -3,7 +3,6 @@
 import errno
 import os
 import signal
-import socket
 import time
 
 import jax
@@ -12,6 +11,7 @@ import pytest
 from launch_helpers import (
     SMOKE,
     damage_checkpoint,
+    free_port,
     restore_smoke_state,
     start_launch,
     wait_for_line,
@@ -89,9 +89,7 @@ def test_one_process_with_the_runtime_honours_a_notice_that_came_before_training
     # A single-host TPU VM starts JAX's distributed runtime, whose notifier owns SIGTERM. A
     # notice while the run still compiles must stop it at its first steps with a checkpoint
     # (not be swallowed), as in a pod.
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     runtime = [f"--coordinator_address=localhost:{port}", "--num_processes=1", "--process_id=0"]
     process = start_launch(tmp_path, *RUN_ARGS, *runtime)
     wait_for_line(process, "config:")  # printed after the runtime started, before compiling
